@@ -1,0 +1,113 @@
+"""The ASGI application: wiring of settings, database, services, middleware and routers."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from certctl import __version__
+from certctl.api.errors import install_error_handlers
+from certctl.api.middleware import (
+    AuditMiddleware,
+    AuthMiddleware,
+    BodyLimitMiddleware,
+    CorsMiddleware,
+    RateLimitMiddleware,
+    RequestContextMiddleware,
+)
+from certctl.api.ratelimit import TokenBuckets
+from certctl.api.routers import audit, owners, system, teams
+from certctl.config import Settings
+from certctl.domain.clock import Clock
+from certctl.domain.keys import KeyStore
+from certctl.pki.sealing import ConfigSealer, load_or_create_key_file
+from certctl.services.audit import AuditSink
+from certctl.services.bootstrap import ensure_admin_key, stored_keys
+from certctl.services.container import Services
+from certctl.services.context import ServiceContext
+from certctl.store import migrate
+from certctl.store.database import Database
+
+log = logging.getLogger("certctl.server")
+
+ROUTERS = [system.router, teams.router, owners.router, audit.router]
+
+
+def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
+    keys = KeyStore()
+    for named in settings.api_keys:
+        keys.add_key(named.key, named.name, named.admin)
+    clock = clock or Clock()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.effective_database_url)
+        await migrate.upgrade(db)
+        passphrase = settings.config_encryption_key or load_or_create_key_file(settings.data_dir / "config.key")
+        ctx = ServiceContext(db=db, clock=clock, settings=settings, sealer=ConfigSealer(passphrase))
+        sink = AuditSink(db)
+        services = Services(ctx=ctx, audit_sink=sink)
+        generated = await ensure_admin_key(ctx)
+        if generated is not None:
+            _announce_admin_key(generated, settings)
+        for stored in await stored_keys(ctx):
+            keys.add_hash(stored.key_hash, stored.name, stored.admin)
+        app.state.services = services
+        sink.start()
+        log.info("certctl ready", extra={"database": db.dialect, "version": __version__})
+        try:
+            yield
+        finally:
+            await sink.close(timeout=settings.audit_flush_timeout_seconds)
+            await db.dispose()
+
+    app = FastAPI(
+        title="certctl API",
+        version=__version__,
+        description="Certificate lifecycle management platform API (compatible with the reference contract).",
+        lifespan=lifespan,
+        openapi_url="/api/v1/openapi.json",
+        docs_url="/api/v1/docs",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+
+    # Added innermost first; the request passes them in the reverse order.
+    app.add_middleware(AuditMiddleware, sink=lambda: _sink(app), clock=clock.now)
+    app.add_middleware(
+        RateLimitMiddleware,
+        enabled=settings.rate_limit_enabled,
+        per_key=TokenBuckets(settings.user_rps, settings.user_burst),
+        per_ip=TokenBuckets(settings.rate_limit_rps, settings.rate_limit_burst),
+    )
+    app.add_middleware(
+        AuthMiddleware, auth_type=settings.auth_type, keys=keys, bootstrap_token=settings.agent_bootstrap_token
+    )
+    app.add_middleware(CorsMiddleware, origins=settings.cors_origins)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_size)
+    app.add_middleware(RequestContextMiddleware)
+    return app
+
+
+def _sink(app: FastAPI) -> AuditSink | None:
+    services: Services | None = getattr(app.state, "services", None)
+    return services.audit_sink if services else None
+
+
+def _announce_admin_key(key: str, settings: Settings) -> None:
+    # Printed once, to stdout, never logged: logs are shipped elsewhere, stdout is the operator's terminal.
+    print(
+        "\n  certctl generated an admin API key (shown once; stored only as a hash):\n\n"
+        f"    {key}\n\n"
+        f"  It is also in {settings.data_dir / 'admin.key'} (mode 0600).\n",
+        file=sys.stdout,
+        flush=True,
+    )

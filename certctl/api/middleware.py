@@ -1,0 +1,344 @@
+"""The edge, as plain ASGI middleware (cheap per request), outermost first:
+
+RequestContext (request id, security headers, access log, last-resort 500)
+→ BodyLimit (413) → CORS (deny by default) → Auth (who is calling; 401)
+→ RateLimit (per key, per IP when unauthenticated; 429) → Audit (every authenticated call).
+
+Unlike the reference, security headers are sent on every response, rate limited or not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from certctl.api.errors import error_response
+from certctl.domain.keys import KeyStore
+from certctl.api.ratelimit import TokenBuckets, retry_after_header
+from certctl.domain.actor import Actor
+from certctl.domain.enums import ActorType
+from certctl.logs import request_id_var
+from certctl.services.audit import AuditSink, build_event
+
+log = logging.getLogger("certctl.http")
+
+SECURITY_HEADERS: list[tuple[bytes, bytes]] = [
+    (b"strict-transport-security", b"max-age=31536000; includeSubDomains"),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer-when-downgrade"),
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+    ),
+]
+PUBLIC_PATHS = frozenset(
+    {"/health", "/ready", "/api/v1/auth/info", "/api/v1/version", "/api/v1/openapi.json", "/api/v1/docs"}
+)
+PUBLIC_PREFIXES = ("/.well-known/", "/scep", "/acme/")
+UNAUDITED_PATHS = frozenset({"/health", "/ready", "/api/v1/version"})
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def needs_auth(path: str) -> bool:
+    if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES):
+        return False
+    return path.startswith("/api/")
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _state(scope: Scope) -> MutableMapping[str, Any]:
+    state: MutableMapping[str, Any] = scope.setdefault("state", {})
+    return state
+
+
+async def _send_error(
+    scope: Scope, send: Send, status: int, message: str, headers: dict[str, str] | None = None
+) -> None:
+    response = error_response(status, message, headers=headers)
+    await response(scope, _noop_receive, send)
+
+
+async def _noop_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        inbound = _header(scope, b"x-request-id")
+        rid = inbound if inbound and _REQUEST_ID_OK.match(inbound) else str(uuid.uuid4())
+        token = request_id_var.set(rid)
+        _state(scope)["request_id"] = rid
+        started = time.perf_counter()
+        status_holder = [0]
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder[0] = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", rid.encode()))
+                headers.extend(SECURITY_HEADERS)
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception:
+            log.exception("unhandled error in request")
+            if status_holder[0] == 0:
+                status_holder[0] = 500
+                await _send_error(scope, send_with_headers, 500, "internal error; see the server log")
+        finally:
+            log.info(
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status_holder[0],
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "actor": getattr(_state(scope).get("actor"), "name", None),
+                },
+            )
+            request_id_var.reset(token)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await _send_error(scope, send, 413, f"request body exceeds {self.max_bytes} bytes")
+            return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await _send_error(scope, send, 413, f"request body exceeds {self.max_bytes} bytes")
+
+
+class CorsMiddleware:
+    """Deny by default. With origins configured, allow `*` or an exact list (with `Vary: Origin`)."""
+
+    METHODS = b"GET, POST, PUT, DELETE, PATCH, OPTIONS"
+    HEADERS = b"Content-Type, Authorization, X-Request-ID"
+
+    def __init__(self, app: ASGIApp, origins: tuple[str, ...]) -> None:
+        self.app = app
+        self.any_origin = "*" in origins
+        self.origins = frozenset(origins)
+
+    def _allowed(self, origin: str | None) -> bool:
+        return origin is not None and (self.any_origin or origin in self.origins)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        origin = _header(scope, b"origin")
+        preflight = scope["method"] == "OPTIONS" and _header(scope, b"access-control-request-method")
+        if preflight:
+            if not self._allowed(origin):
+                await _send_error(scope, send, 403, "cross-origin request not allowed")
+                return
+            assert origin is not None
+            headers = [
+                (b"access-control-allow-origin", b"*" if self.any_origin else origin.encode()),
+                (b"access-control-allow-methods", self.METHODS),
+                (b"access-control-allow-headers", self.HEADERS),
+                (b"access-control-max-age", b"86400"),
+                (b"vary", b"Origin"),
+                (b"content-length", b"0"),
+            ]
+            await send({"type": "http.response.start", "status": 204, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if not self._allowed(origin):
+            await self.app(scope, receive, send)
+            return
+        assert origin is not None
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((b"access-control-allow-origin", b"*" if self.any_origin else origin.encode()))
+                headers.append((b"vary", b"Origin"))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
+
+
+class AuthMiddleware:
+    """Resolves the caller; rejects with 401 only after the rate limiter has seen the attempt."""
+
+    def __init__(
+        self, app: ASGIApp, *, auth_type: str, keys: KeyStore, bootstrap_token: str | None
+    ) -> None:
+        self.app = app
+        self.auth_type = auth_type
+        self.keys = keys
+        self.bootstrap_token = bootstrap_token.encode() if bootstrap_token else None
+
+    def resolve(self, scope: Scope) -> Actor | None:
+        if self.auth_type == "none":
+            return Actor("anonymous", ActorType.USER, admin=False)
+        header = _header(scope, b"authorization")
+        if not header or not header[:7].lower() == "bearer ":
+            return None
+        token = header[7:].strip()
+        if not token:
+            return None
+        identity = self.keys.verify(token)
+        if identity is not None:
+            return Actor(identity.name, ActorType.USER, admin=identity.admin)
+        if (
+            self.bootstrap_token is not None
+            and scope["method"] == "POST"
+            and scope["path"].rstrip("/") == "/api/v1/agents"
+            and hmac.compare_digest(token.encode(), self.bootstrap_token)
+        ):
+            return Actor("agent-bootstrap", ActorType.AGENT, admin=False)
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = _state(scope)
+        actor = self.resolve(scope)
+        if actor is not None:
+            state["actor"] = actor
+        state["auth_required"] = needs_auth(scope["path"])
+        await self.app(scope, receive, send)
+
+
+class RateLimitMiddleware:
+    def __init__(
+        self, app: ASGIApp, *, enabled: bool, per_key: TokenBuckets, per_ip: TokenBuckets
+    ) -> None:
+        self.app = app
+        self.enabled = enabled
+        self.per_key = per_key
+        self.per_ip = per_ip
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = _state(scope)
+        actor: Actor | None = state.get("actor")
+        if self.enabled and scope["path"] not in ("/health", "/ready"):
+            if actor is not None and actor.name != "anonymous":
+                wait = self.per_key.take(f"key:{actor.name}")
+            else:
+                client = scope.get("client")
+                wait = self.per_ip.take(f"ip:{client[0] if client else 'unknown'}")
+            if wait > 0:
+                await _send_error(
+                    scope, send, 429, "rate limit exceeded; slow down",
+                    headers={"Retry-After": retry_after_header(wait)},
+                )
+                return
+        if state.get("auth_required") and actor is None:
+            await _send_error(
+                scope, send, 401, "missing or invalid API key",
+                headers={"WWW-Authenticate": 'Bearer realm="certctl"'},
+            )
+            return
+        await self.app(scope, receive, send)
+
+
+class AuditMiddleware:
+    """One `api_<method>` event per authenticated call, written off the request path."""
+
+    def __init__(self, app: ASGIApp, sink: Callable[[], AuditSink | None], clock: Callable[[], Any]) -> None:
+        self.app = app
+        self.sink = sink
+        self.clock = clock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        actor: Actor | None = _state(scope).get("actor") if scope["type"] == "http" else None
+        path = scope.get("path", "")
+        if actor is None or path in UNAUDITED_PATHS or not path.startswith("/api/"):
+            await self.app(scope, receive, send)
+            return
+        digest = hashlib.sha256()
+        status = [0]
+        started = time.perf_counter()
+
+        async def hashing_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                digest.update(message.get("body", b""))
+            return message
+
+        async def status_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, hashing_receive, status_send)
+        finally:
+            sink = self.sink()
+            if sink is not None:
+                details = {
+                    "method": scope["method"],
+                    "path": path,
+                    "body_hash": digest.hexdigest()[:16],
+                    "status": status[0] or 500,
+                    "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+                }
+                sink.submit(
+                    build_event(actor, f"api_{scope['method'].lower()}", "api", path, details, self.clock())
+                )
+
+
+Middleware = Callable[[Scope, Receive, Send], Awaitable[None]]

@@ -1,0 +1,204 @@
+"""Server settings from `CERTCTL_*` environment variables (core.md §5), validated once at start.
+
+A bad value raises `SettingsError` with a message naming the variable, so `certctl server`
+can print it and exit instead of failing later on the first request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or invalid."""
+
+
+@dataclass(frozen=True)
+class NamedKey:
+    name: str
+    key: str
+    admin: bool
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("./certctl-data")
+    host: str = "127.0.0.1"
+    port: int = 8443
+    tls_cert_path: Path | None = None
+    tls_key_path: Path | None = None
+    database_url: str | None = None  # None: SQLite under data_dir
+    max_body_size: int = 1 << 20
+    log_level: str = "info"
+    log_format: str = "json"
+    audit_flush_timeout_seconds: float = 30.0
+    auth_type: str = "api-key"
+    api_keys: tuple[NamedKey, ...] = ()
+    agent_bootstrap_token: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    rate_limit_enabled: bool = True
+    rate_limit_rps: float = 50.0
+    rate_limit_burst: int = 100
+    rate_limit_per_user_rps: float = 0.0
+    rate_limit_per_user_burst: int = 0
+    config_encryption_key: str | None = None
+    keygen_mode: str = "agent"
+    agent_offline_after_seconds: int = 120
+    demo_seed: bool = False
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "certctl.db"
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.sqlite_path}"
+
+    @property
+    def user_rps(self) -> float:
+        return self.rate_limit_per_user_rps or self.rate_limit_rps
+
+    @property
+    def user_burst(self) -> int:
+        return self.rate_limit_per_user_burst or self.rate_limit_burst
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        clean = {k: v for k, v in changes.items() if v is not None}
+        return replace(self, **clean).validated()
+
+    def validated(self) -> Settings:
+        if not 1 <= self.port <= 65535:
+            raise SettingsError(f"CERTCTL_SERVER_PORT: {self.port} is not a TCP port (1-65535)")
+        if self.auth_type not in ("api-key", "none"):
+            raise SettingsError(f"CERTCTL_AUTH_TYPE: '{self.auth_type}' is not one of: api-key, none")
+        if self.auth_type == "none" and not _is_loopback(self.host):
+            raise SettingsError(
+                "CERTCTL_AUTH_TYPE=none is only allowed when the server binds to a loopback address "
+                f"(got host '{self.host}')"
+            )
+        if self.keygen_mode not in ("agent", "server"):
+            raise SettingsError(f"CERTCTL_KEYGEN_MODE: '{self.keygen_mode}' is not one of: agent, server")
+        if self.config_encryption_key is not None and len(self.config_encryption_key) < 32:
+            raise SettingsError("CERTCTL_CONFIG_ENCRYPTION_KEY must be at least 32 characters")
+        if (self.tls_cert_path is None) != (self.tls_key_path is None):
+            raise SettingsError("CERTCTL_TLS_CERT_PATH and CERTCTL_TLS_KEY_PATH must be set together")
+        for path in (self.tls_cert_path, self.tls_key_path):
+            if path is not None and not path.is_file():
+                raise SettingsError(f"TLS file '{path}' does not exist")
+        if self.max_body_size < 1024:
+            raise SettingsError("CERTCTL_MAX_BODY_SIZE must be at least 1024 bytes")
+        if self.rate_limit_rps <= 0 or self.rate_limit_burst < 1:
+            raise SettingsError("CERTCTL_RATE_LIMIT_RPS must be > 0 and CERTCTL_RATE_LIMIT_BURST >= 1")
+        if self.log_level.lower() not in ("debug", "info", "warning", "warn", "error"):
+            raise SettingsError(f"CERTCTL_LOG_LEVEL: '{self.log_level}' is not one of: debug, info, warn, error")
+        if self.log_format not in ("json", "text"):
+            raise SettingsError(f"CERTCTL_LOG_FORMAT: '{self.log_format}' is not one of: json, text")
+        if self.database_url is not None and not self.database_url.startswith(
+            ("postgres://", "postgresql://", "postgresql+asyncpg://", "sqlite:///", "sqlite+aiosqlite:///")
+        ):
+            raise SettingsError("CERTCTL_DATABASE_URL must be a postgresql:// or sqlite:/// URL")
+        return self
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        get = env.get
+        keys = parse_named_keys(get("CERTCTL_API_KEYS_NAMED", ""))
+        legacy = [k.strip() for k in get("CERTCTL_AUTH_SECRET", "").split(",") if k.strip()]
+        keys += tuple(NamedKey(f"legacy-key-{i}", k, False) for i, k in enumerate(legacy, 1))
+        settings = cls(
+            data_dir=Path(get("CERTCTL_DATA_DIR", "./certctl-data")),
+            host=get("CERTCTL_SERVER_HOST", "127.0.0.1"),
+            port=_int(env, "CERTCTL_SERVER_PORT", 8443),
+            tls_cert_path=_path(get("CERTCTL_TLS_CERT_PATH") or get("CERTCTL_SERVER_TLS_CERT_PATH")),
+            tls_key_path=_path(get("CERTCTL_TLS_KEY_PATH") or get("CERTCTL_SERVER_TLS_KEY_PATH")),
+            database_url=get("CERTCTL_DATABASE_URL") or None,
+            max_body_size=_int(env, "CERTCTL_MAX_BODY_SIZE", 1 << 20),
+            log_level=get("CERTCTL_LOG_LEVEL", "info"),
+            log_format=get("CERTCTL_LOG_FORMAT", "json"),
+            audit_flush_timeout_seconds=_float(env, "CERTCTL_AUDIT_FLUSH_TIMEOUT_SECONDS", 30.0),
+            auth_type=get("CERTCTL_AUTH_TYPE", "api-key").lower().replace("apikey", "api-key"),
+            api_keys=keys,
+            agent_bootstrap_token=get("CERTCTL_AGENT_BOOTSTRAP_TOKEN") or None,
+            cors_origins=tuple(o.strip() for o in get("CERTCTL_CORS_ORIGINS", "").split(",") if o.strip()),
+            rate_limit_enabled=_bool(env, "CERTCTL_RATE_LIMIT_ENABLED", True),
+            rate_limit_rps=_float(env, "CERTCTL_RATE_LIMIT_RPS", 50.0),
+            rate_limit_burst=_int(env, "CERTCTL_RATE_LIMIT_BURST", 100),
+            rate_limit_per_user_rps=_float(env, "CERTCTL_RATE_LIMIT_PER_USER_RPS", 0.0),
+            rate_limit_per_user_burst=_int(env, "CERTCTL_RATE_LIMIT_PER_USER_BURST", 0),
+            config_encryption_key=get("CERTCTL_CONFIG_ENCRYPTION_KEY") or None,
+            keygen_mode=get("CERTCTL_KEYGEN_MODE", "agent").lower(),
+            demo_seed=_bool(env, "CERTCTL_DEMO_SEED", False),
+            extra={k: v for k, v in env.items() if k.startswith("CERTCTL_")},
+        )
+        return settings.validated()
+
+
+def parse_named_keys(raw: str) -> tuple[NamedKey, ...]:
+    """Parse `name:key[:admin],...`; a name may repeat (rotation) only with the same admin flag."""
+    keys: list[NamedKey] = []
+    admin_by_name: dict[str, bool] = {}
+    for entry in (e.strip() for e in raw.split(",")):
+        if not entry:
+            continue
+        parts = entry.split(":")
+        if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+            raise SettingsError(f"CERTCTL_API_KEYS_NAMED: entry '{parts[0]}:…' must be name:key or name:key:admin")
+        if len(parts) == 3 and parts[2] != "admin":
+            raise SettingsError(f"CERTCTL_API_KEYS_NAMED: third field of '{parts[0]}' must be 'admin'")
+        admin = len(parts) == 3
+        if admin_by_name.setdefault(parts[0], admin) != admin:
+            raise SettingsError(f"CERTCTL_API_KEYS_NAMED: key name '{parts[0]}' repeats with a different admin flag")
+        keys.append(NamedKey(parts[0], parts[1], admin))
+    return tuple(keys)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}: '{raw}' is not an integer") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}: '{raw}' is not a number") from None
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}: '{raw}' is not a boolean (true/false)")

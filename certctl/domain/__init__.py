@@ -1,0 +1,1 @@
+"""Pure domain: enums, value objects, errors. Imports nothing else of ours."""

@@ -1,0 +1,1 @@
+"""Wire models: frozen pydantic models with the reference's JSON field names."""

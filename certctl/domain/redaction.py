@@ -1,0 +1,84 @@
+"""Redaction of secrets in configs and audit details."""
+
+from __future__ import annotations
+
+from typing import Any
+
+REDACTED = "********"
+_SECRET_MARKERS = ("password", "secret", "token", "key", "hmac", "private", "credentials")
+
+# Audit details: credentials never stored; PII replaced (reference redaction tables).
+_CREDENTIAL_KEYS = frozenset(
+    {
+        "api_key", "apikey", "password", "passphrase", "token", "secret", "private_key",
+        "cert_pem", "key_pem", "hmac", "authorization", "bootstrap_token", "client_secret",
+        "encrypted_config", "config_secret",
+    }
+)
+_PII_KEYS = frozenset({"email", "ip", "ip_address", "address", "phone", "recipient"})
+
+
+def is_secret_key(key: str) -> bool:
+    lowered = key.lower()
+    return any(marker in lowered for marker in _SECRET_MARKERS)
+
+
+def redact_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Replace every secret-looking value (recursively) with `********`."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if is_secret_key(key) and value not in (None, ""):
+            out[key] = REDACTED
+        elif isinstance(value, dict):
+            out[key] = redact_config(value)
+        else:
+            out[key] = value
+    return out
+
+
+def merge_redacted(new: dict[str, Any], stored: dict[str, Any]) -> dict[str, Any]:
+    """On update, a `********` value means "keep what is stored"."""
+    out: dict[str, Any] = {}
+    for key, value in new.items():
+        if value == REDACTED and key in stored:
+            out[key] = stored[key]
+        elif isinstance(value, dict) and isinstance(stored.get(key), dict):
+            out[key] = merge_redacted(value, stored[key])
+        elif value == REDACTED:
+            continue  # a placeholder with nothing behind it is dropped, never stored
+        else:
+            out[key] = value
+    return out
+
+
+def redact_audit_details(details: dict[str, Any]) -> dict[str, Any]:
+    """Recursively redact credentials and PII; list the keys that were touched."""
+    touched: list[str] = []
+
+    def walk(value: Any, path: str) -> Any:
+        if isinstance(value, dict):
+            result: dict[str, Any] = {}
+            for key, inner in value.items():
+                lowered = str(key).lower()
+                here = f"{path}.{key}" if path else str(key)
+                if lowered in _CREDENTIAL_KEYS or (is_secret_key(lowered) and lowered not in _SAFE_KEYS):
+                    result[key] = "[REDACTED:CREDENTIAL]"
+                    touched.append(here)
+                elif lowered in _PII_KEYS:
+                    result[key] = "[REDACTED:PII]"
+                    touched.append(here)
+                else:
+                    result[key] = walk(inner, here)
+            return result
+        if isinstance(value, list):
+            return [walk(item, path) for item in value]
+        return value
+
+    redacted = walk(details, "")
+    if touched:
+        redacted["redacted_keys"] = sorted(touched)
+    return redacted
+
+
+# Keys that contain a secret marker but name no secret.
+_SAFE_KEYS = frozenset({"key_algorithm", "key_size", "keygen_mode", "key_driver_id", "redacted_keys"})

@@ -1,0 +1,65 @@
+"""First-boot duties: the generated admin key, and loading API key hashes for the auth layer."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+
+from certctl.domain.actor import Actor
+from certctl.domain.keys import hash_key
+from certctl.services import audit
+from certctl.services.context import ServiceContext
+from certctl.store import rows
+from certctl.store.schema import api_keys
+
+ADMIN_KEY_NAME = "admin"
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    name: str
+    key_hash: str
+    admin: bool
+
+
+async def ensure_admin_key(ctx: ServiceContext) -> str | None:
+    """With no configured keys and none stored, make one admin key.
+
+    Only its SHA-256 is stored in the database; the key itself is written once to
+    `<data-dir>/admin.key` (0600) and returned so the caller can print it once.
+    """
+    settings = ctx.settings
+    if settings.auth_type != "api-key" or settings.api_keys:
+        return None
+    async with ctx.db.transaction() as conn:
+        if await rows.count_rows(conn, api_keys):
+            return None
+        key = "cc_" + secrets.token_urlsafe(32)
+        await rows.insert_row(
+            conn, api_keys,
+            {"name": ADMIN_KEY_NAME, "key_hash": hash_key(key), "admin": True, "created_at": ctx.clock.now()},
+        )
+        await audit.record(
+            conn, ctx.clock, Actor.system(), "api_key_generated", "api_key", ADMIN_KEY_NAME, {"admin": True}
+        )
+    _write_secret_file(settings.data_dir / "admin.key", key)
+    return key
+
+
+async def stored_keys(ctx: ServiceContext) -> list[StoredKey]:
+    async with ctx.db.read() as conn:
+        result = await conn.execute(select(api_keys.c.name, api_keys.c.key_hash, api_keys.c.admin))
+        return [StoredKey(r.name, r.key_hash, r.admin) for r in result]
+
+
+def _write_secret_file(path: Path, content: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(content + "\n")

@@ -1,0 +1,23 @@
+"""Wires every service once; the API and CLI receive this container, never build services themselves."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from certctl.services.audit import AuditService, AuditSink
+from certctl.services.context import ServiceContext
+from certctl.services.org import OwnerService, TeamService
+
+
+@dataclass
+class Services:
+    ctx: ServiceContext
+    audit_sink: AuditSink
+    audit: AuditService = field(init=False)
+    teams: TeamService = field(init=False)
+    owners: OwnerService = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.audit = AuditService(self.ctx.db)
+        self.teams = TeamService(self.ctx)
+        self.owners = OwnerService(self.ctx)

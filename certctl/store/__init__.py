@@ -1,0 +1,1 @@
+"""Storage: tables, migrations, repositories. The only package that writes SQL."""

@@ -1,0 +1,103 @@
+"""Engine creation and transactions for SQLite (embedded default) and PostgreSQL."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from sqlalchemy import event, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from certctl.domain.errors import ConflictError, UnavailableError
+
+
+def async_url(url: str) -> str:
+    """Turn a user-facing URL (postgresql://, sqlite:///) into its async-driver form."""
+    if url.startswith(("postgres://", "postgresql://")):
+        parts = urlsplit(url)
+        # libpq options asyncpg does not understand; sslmode maps to asyncpg's `ssl`.
+        query = dict(parse_qsl(parts.query))
+        sslmode = query.pop("sslmode", None)
+        if sslmode and sslmode != "disable":
+            query["ssl"] = sslmode
+        return urlunsplit(("postgresql+asyncpg", parts.netloc, parts.path, urlencode(query), ""))
+    if url.startswith("sqlite:///"):
+        return "sqlite+aiosqlite:///" + url.removeprefix("sqlite:///")
+    return url
+
+
+class Database:
+    """Owns the engine; hands out transactions. Only the store package uses the connection."""
+
+    def __init__(self, url: str, *, pool_size: int = 20) -> None:
+        self.url = async_url(url)
+        self.dialect = "sqlite" if self.url.startswith("sqlite") else "postgresql"
+        kwargs: dict[str, Any] = {}
+        if self.dialect == "postgresql":
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False)
+        elif ":memory:" in self.url:
+            kwargs.update(poolclass=NullPool)
+        self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
+        if self.dialect == "sqlite":
+            event.listen(self.engine.sync_engine, "connect", _sqlite_on_connect)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """One unit of work; integrity violations become a 409 with a readable message."""
+        try:
+            async with self.engine.begin() as conn:
+                yield conn
+        except IntegrityError as exc:
+            raise ConflictError(describe_integrity_error(exc)) from exc
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn:
+            yield conn
+
+    async def ping(self) -> None:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as exc:  # any driver error means "not ready"
+            raise UnavailableError("database unreachable") from exc
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+_PG_UNIQUE = re.compile(r"Key \((?P<cols>[^)]*)\)=\((?P<vals>.*)\) already exists")
+_SQLITE_UNIQUE = re.compile(r"UNIQUE constraint failed: (?P<cols>[\w., ]+)")
+_PG_FK_MISSING = re.compile(r'Key \((?P<col>[^)]*)\)=\((?P<val>[^)]*)\) is not present in table "(?P<table>\w+)"')
+_PG_FK_INUSE = re.compile(r'is still referenced from table "(?P<table>\w+)"')
+
+
+def describe_integrity_error(exc: IntegrityError) -> str:
+    """A message a person understands, from either back end's constraint error."""
+    raw = str(exc.orig) if exc.orig is not None else str(exc)
+    if m := _PG_UNIQUE.search(raw):
+        return f"a record with {m['cols']} '{m['vals']}' already exists"
+    if m := _SQLITE_UNIQUE.search(raw):
+        cols = ", ".join(c.split(".")[-1] for c in m["cols"].split(","))
+        return f"a record with the same {cols.strip()} already exists"
+    if m := _PG_FK_MISSING.search(raw):
+        return f"{m['col']} '{m['val']}' does not exist"
+    if m := _PG_FK_INUSE.search(raw):
+        return f"the record is still referenced by {m['table'].replace('_', ' ')}"
+    if "FOREIGN KEY" in raw.upper():
+        return "a referenced record does not exist, or this record is still referenced by others"
+    return "the change conflicts with existing data"

@@ -1,0 +1,84 @@
+"""Generic row operations shared by the repositories (Core statements, no ORM overhead)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, Table, delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import UnaryExpression
+
+Row = Mapping[str, Any]
+
+
+async def insert_row(conn: AsyncConnection, table: Table, values: Mapping[str, Any]) -> None:
+    await conn.execute(insert(table).values(**values))
+
+
+async def insert_many(conn: AsyncConnection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    if rows:
+        await conn.execute(insert(table), list(rows))
+
+
+async def get_row(conn: AsyncConnection, table: Table, row_id: str) -> Row | None:
+    result = await conn.execute(select(table).where(table.c.id == row_id))
+    return result.mappings().first()
+
+
+async def get_row_for_update(conn: AsyncConnection, table: Table, row_id: str) -> Row | None:
+    """Lock the row for the rest of the transaction (PostgreSQL; SQLite serializes writers anyway)."""
+    stmt = select(table).where(table.c.id == row_id)
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    result = await conn.execute(stmt)
+    return result.mappings().first()
+
+
+async def exists(conn: AsyncConnection, table: Table, row_id: str) -> bool:
+    result = await conn.execute(select(table.c.id).where(table.c.id == row_id))
+    return result.first() is not None
+
+
+async def update_row(conn: AsyncConnection, table: Table, row_id: str, values: Mapping[str, Any]) -> bool:
+    result = await conn.execute(update(table).where(table.c.id == row_id).values(**values))
+    return result.rowcount > 0
+
+
+async def delete_row(conn: AsyncConnection, table: Table, row_id: str) -> bool:
+    result = await conn.execute(delete(table).where(table.c.id == row_id))
+    return result.rowcount > 0
+
+
+async def count_rows(conn: AsyncConnection, table: Table, *where: ColumnElement[bool]) -> int:
+    result = await conn.execute(select(func.count()).select_from(table).where(*where))
+    return int(result.scalar_one())
+
+
+async def list_rows(
+    conn: AsyncConnection,
+    table: Table,
+    *where: ColumnElement[bool],
+    order_by: Sequence[ColumnElement[Any] | UnaryExpression[Any]] = (),
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[Row]:
+    stmt = select(table).where(*where).order_by(*(order_by or (table.c.created_at, table.c.id)))
+    if limit is not None:
+        stmt = stmt.limit(limit).offset(offset)
+    result = await conn.execute(stmt)
+    return list(result.mappings().all())
+
+
+async def page_rows(
+    conn: AsyncConnection,
+    table: Table,
+    *where: ColumnElement[bool],
+    limit: int,
+    offset: int,
+    order_by: Sequence[ColumnElement[Any] | UnaryExpression[Any]] = (),
+) -> tuple[list[Row], int]:
+    rows = await list_rows(conn, table, *where, order_by=order_by, limit=limit, offset=offset)
+    if offset == 0 and len(rows) < limit:
+        return rows, len(rows)  # the page holds everything: no second query
+    return rows, await count_rows(conn, table, *where)

@@ -1,0 +1,325 @@
+"""Table definitions (SQLAlchemy Core). Names follow the reference schema (core.md §7).
+
+Alembic migrations under `migrations/versions` are the source of truth for what exists in a
+database; this module must describe the same thing (a test compares them).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+
+from certctl.store.types import JSONType, UTCDateTime
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+def _id() -> Column[str]:
+    return Column("id", Text, primary_key=True)
+
+
+def _stamps() -> list[Column[object]]:
+    return [
+        Column("created_at", UTCDateTime, nullable=False),
+        Column("updated_at", UTCDateTime, nullable=False),
+    ]
+
+
+teams = Table(
+    "teams", metadata, _id(),
+    Column("name", Text, nullable=False, unique=True),
+    Column("description", Text, nullable=False, server_default=""),
+    *_stamps(),
+)
+
+owners = Table(
+    "owners", metadata, _id(),
+    Column("name", Text, nullable=False),
+    Column("email", Text, nullable=False, server_default=""),
+    Column("team_id", Text, ForeignKey("teams.id", ondelete="CASCADE"), nullable=True, index=True),
+    *_stamps(),
+)
+
+certificate_profiles = Table(
+    "certificate_profiles", metadata, _id(),
+    Column("name", Text, nullable=False, unique=True),
+    Column("description", Text, nullable=False, server_default=""),
+    Column("allowed_key_algorithms", JSONType, nullable=False),
+    Column("max_ttl_seconds", Integer, nullable=False, server_default="0"),
+    Column("allowed_ekus", JSONType, nullable=False),
+    Column("required_san_patterns", JSONType, nullable=False),
+    Column("spiffe_uri_pattern", Text, nullable=False, server_default=""),
+    Column("allow_short_lived", Boolean, nullable=False, server_default=text("false")),
+    Column("must_staple", Boolean, nullable=False, server_default=text("false")),
+    Column("required_csr_attributes", JSONType, nullable=False),
+    Column("acme_auth_mode", Text, nullable=False, server_default="trust_authenticated"),
+    Column("requires_approval", Boolean, nullable=False, server_default=text("false")),
+    Column("enabled", Boolean, nullable=False, server_default=text("true")),
+    *_stamps(),
+)
+
+agent_groups = Table(
+    "agent_groups", metadata, _id(),
+    Column("name", Text, nullable=False, unique=True),
+    Column("description", Text, nullable=False, server_default=""),
+    Column("match_os", Text, nullable=False, server_default=""),
+    Column("match_architecture", Text, nullable=False, server_default=""),
+    Column("match_ip_cidr", Text, nullable=False, server_default=""),
+    Column("match_version", Text, nullable=False, server_default=""),
+    Column("enabled", Boolean, nullable=False, server_default=text("true")),
+    *_stamps(),
+)
+
+renewal_policies = Table(
+    "renewal_policies", metadata, _id(),
+    Column("name", Text, nullable=False, unique=True),
+    Column("renewal_window_days", Integer, nullable=False, server_default="30"),
+    Column("auto_renew", Boolean, nullable=False, server_default=text("true")),
+    Column("max_retries", Integer, nullable=False, server_default="3"),
+    Column("retry_interval_seconds", Integer, nullable=False, server_default="3600"),
+    Column("alert_thresholds_days", JSONType, nullable=False),
+    Column("alert_channels", JSONType, nullable=False),
+    Column("alert_severity_map", JSONType, nullable=False),
+    Column(
+        "certificate_profile_id", Text,
+        ForeignKey("certificate_profiles.id", ondelete="SET NULL"), nullable=True,
+    ),
+    Column("agent_group_id", Text, ForeignKey("agent_groups.id", ondelete="SET NULL"), nullable=True),
+    *_stamps(),
+)
+
+issuers = Table(
+    "issuers", metadata, _id(),
+    Column("name", Text, nullable=False, unique=True),
+    Column("type", Text, nullable=False),
+    Column("config", JSONType, nullable=False),  # redacted view, never holds secrets
+    Column("encrypted_config", Text, nullable=True),  # AES-256-GCM sealed full config
+    Column("enabled", Boolean, nullable=False, server_default=text("true")),
+    Column("last_tested_at", UTCDateTime, nullable=True),
+    Column("test_status", Text, nullable=False, server_default="untested"),
+    Column("source", Text, nullable=False, server_default="database"),
+    Column("hierarchy_mode", Text, nullable=False, server_default="single"),
+    *_stamps(),
+)
+
+agents = Table(
+    "agents", metadata, _id(),
+    Column("name", Text, nullable=False, unique=True),
+    Column("hostname", Text, nullable=False, server_default=""),
+    Column("status", Text, nullable=False, server_default="Offline"),
+    Column("last_heartbeat_at", UTCDateTime, nullable=True),
+    Column("registered_at", UTCDateTime, nullable=False),
+    Column("api_key_hash", Text, nullable=False, server_default=""),
+    Column("os", Text, nullable=False, server_default=""),
+    Column("architecture", Text, nullable=False, server_default=""),
+    Column("ip_address", Text, nullable=False, server_default=""),
+    Column("version", Text, nullable=False, server_default=""),
+    Column("retired_at", UTCDateTime, nullable=True),
+    Column("retired_reason", Text, nullable=True),
+    *_stamps(),
+)
+Index("ix_agents_active", agents.c.status, postgresql_where=agents.c.retired_at.is_(None),
+      sqlite_where=agents.c.retired_at.is_(None))
+
+agent_group_members = Table(
+    "agent_group_members", metadata,
+    Column("agent_group_id", Text, ForeignKey("agent_groups.id", ondelete="CASCADE"), primary_key=True),
+    Column("agent_id", Text, ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True),
+    Column("membership_type", Text, nullable=False, server_default="include"),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+deployment_targets = Table(
+    "deployment_targets", metadata, _id(),
+    Column("name", Text, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("agent_id", Text, ForeignKey("agents.id", ondelete="RESTRICT"), nullable=False, index=True),
+    Column("config", JSONType, nullable=False),
+    Column("encrypted_config", Text, nullable=True),
+    Column("enabled", Boolean, nullable=False, server_default=text("true")),
+    Column("last_tested_at", UTCDateTime, nullable=True),
+    Column("test_status", Text, nullable=False, server_default="untested"),
+    Column("retired_at", UTCDateTime, nullable=True),
+    Column("retired_reason", Text, nullable=True),
+    *_stamps(),
+    UniqueConstraint("agent_id", "name"),
+)
+
+managed_certificates = Table(
+    "managed_certificates", metadata, _id(),
+    Column("name", Text, nullable=False, unique=True),
+    Column("common_name", Text, nullable=False),
+    Column("sans", JSONType, nullable=False),
+    Column("environment", Text, nullable=False, server_default=""),
+    Column("owner_id", Text, ForeignKey("owners.id", ondelete="RESTRICT"), nullable=False),
+    Column("team_id", Text, ForeignKey("teams.id", ondelete="CASCADE"), nullable=False),
+    Column("issuer_id", Text, ForeignKey("issuers.id", ondelete="RESTRICT"), nullable=False),
+    Column("renewal_policy_id", Text, ForeignKey("renewal_policies.id", ondelete="RESTRICT"), nullable=False),
+    Column(
+        "certificate_profile_id", Text,
+        ForeignKey("certificate_profiles.id", ondelete="SET NULL"), nullable=True,
+    ),
+    Column("status", Text, nullable=False, server_default="Pending"),
+    Column("expires_at", UTCDateTime, nullable=True),
+    Column("tags", JSONType, nullable=False),
+    Column("last_renewal_at", UTCDateTime, nullable=True),
+    Column("last_deployment_at", UTCDateTime, nullable=True),
+    Column("revoked_at", UTCDateTime, nullable=True),
+    Column("revocation_reason", Text, nullable=True),
+    Column("source", Text, nullable=False, server_default=""),
+    *_stamps(),
+)
+# Keyset pagination walks (created_at, id); filters lead with their column.
+Index("ix_certs_created", managed_certificates.c.created_at, managed_certificates.c.id)
+Index("ix_certs_status_created", managed_certificates.c.status, managed_certificates.c.created_at,
+      managed_certificates.c.id)
+Index("ix_certs_expires", managed_certificates.c.expires_at, managed_certificates.c.id)
+Index("ix_certs_owner", managed_certificates.c.owner_id)
+Index("ix_certs_team", managed_certificates.c.team_id)
+Index("ix_certs_issuer", managed_certificates.c.issuer_id)
+Index("ix_certs_policy", managed_certificates.c.renewal_policy_id)
+Index("ix_certs_profile", managed_certificates.c.certificate_profile_id)
+Index("ix_certs_environment", managed_certificates.c.environment)
+
+certificate_versions = Table(
+    "certificate_versions", metadata, _id(),
+    Column("certificate_id", Text, ForeignKey("managed_certificates.id", ondelete="CASCADE"), nullable=False),
+    Column("serial_number", Text, nullable=False),
+    Column("not_before", UTCDateTime, nullable=False),
+    Column("not_after", UTCDateTime, nullable=False),
+    Column("fingerprint_sha256", Text, nullable=False, unique=True),
+    Column("pem_chain", Text, nullable=False),
+    Column("csr_pem", Text, nullable=False, server_default=""),
+    Column("key_algorithm", Text, nullable=False, server_default=""),
+    Column("key_size", Integer, nullable=False, server_default="0"),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+Index("ix_versions_cert_created", certificate_versions.c.certificate_id, certificate_versions.c.created_at)
+
+certificate_target_mappings = Table(
+    "certificate_target_mappings", metadata,
+    Column("certificate_id", Text, ForeignKey("managed_certificates.id", ondelete="CASCADE"), primary_key=True),
+    Column("target_id", Text, ForeignKey("deployment_targets.id", ondelete="CASCADE"), primary_key=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+Index("ix_mappings_target", certificate_target_mappings.c.target_id)
+
+jobs = Table(
+    "jobs", metadata, _id(),
+    Column("type", Text, nullable=False),
+    Column("certificate_id", Text, ForeignKey("managed_certificates.id", ondelete="CASCADE"), nullable=True),
+    Column("target_id", Text, ForeignKey("deployment_targets.id", ondelete="SET NULL"), nullable=True),
+    Column("agent_id", Text, ForeignKey("agents.id", ondelete="SET NULL"), nullable=True),
+    Column("status", Text, nullable=False, server_default="Pending"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("max_attempts", Integer, nullable=False, server_default="3"),
+    Column("last_error", Text, nullable=True),
+    Column("deployment_result", JSONType, nullable=True),
+    Column("scheduled_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime, nullable=True),
+    Column("completed_at", UTCDateTime, nullable=True),
+    Column("verification_status", Text, nullable=True),
+    Column("verified_at", UTCDateTime, nullable=True),
+    Column("verification_fingerprint", Text, nullable=True),
+    Column("verification_error", Text, nullable=True),
+    *_stamps(),
+)
+Index("ix_jobs_status_scheduled", jobs.c.status, jobs.c.scheduled_at)
+Index("ix_jobs_agent", jobs.c.agent_id)
+Index("ix_jobs_certificate", jobs.c.certificate_id)
+Index("ix_jobs_created", jobs.c.created_at)
+
+issuance_approval_requests = Table(
+    "issuance_approval_requests", metadata, _id(),
+    Column("certificate_id", Text, ForeignKey("managed_certificates.id", ondelete="CASCADE"), nullable=False),
+    Column("job_id", Text, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("profile_id", Text, nullable=False, server_default=""),
+    Column("requested_by", Text, nullable=False),
+    Column("state", Text, nullable=False, server_default="pending"),
+    Column("decided_by", Text, nullable=True),
+    Column("decided_at", UTCDateTime, nullable=True),
+    Column("decision_note", Text, nullable=True),
+    Column("metadata", JSONType, nullable=False),
+    *_stamps(),
+)
+Index("uq_approval_pending_job", issuance_approval_requests.c.job_id, unique=True,
+      postgresql_where=issuance_approval_requests.c.state == "pending",
+      sqlite_where=issuance_approval_requests.c.state == "pending")
+
+policy_rules = Table(
+    "policy_rules", metadata, _id(),
+    Column("name", Text, nullable=False, unique=True),
+    Column("type", Text, nullable=False),
+    Column("config", JSONType, nullable=False),
+    Column("enabled", Boolean, nullable=False, server_default=text("true")),
+    Column("severity", Text, nullable=False, server_default="Warning"),
+    *_stamps(),
+)
+
+policy_violations = Table(
+    "policy_violations", metadata, _id(),
+    Column("certificate_id", Text, ForeignKey("managed_certificates.id", ondelete="CASCADE"), nullable=False),
+    Column("rule_id", Text, ForeignKey("policy_rules.id", ondelete="CASCADE"), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("severity", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+Index("ix_violations_rule", policy_violations.c.rule_id, policy_violations.c.created_at)
+Index("ix_violations_cert", policy_violations.c.certificate_id)
+
+audit_events = Table(
+    "audit_events", metadata, _id(),
+    Column("actor", Text, nullable=False),
+    Column("actor_type", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("resource_type", Text, nullable=False),
+    Column("resource_id", Text, nullable=False, server_default=""),
+    Column("details", JSONType, nullable=False),
+    Column("timestamp", UTCDateTime, nullable=False),
+)
+Index("ix_audit_timestamp", audit_events.c.timestamp, audit_events.c.id)
+Index("ix_audit_resource", audit_events.c.resource_type, audit_events.c.resource_id)
+Index("ix_audit_actor", audit_events.c.actor, audit_events.c.timestamp)
+
+notification_events = Table(
+    "notification_events", metadata, _id(),
+    Column("type", Text, nullable=False),
+    Column("certificate_id", Text, ForeignKey("managed_certificates.id", ondelete="CASCADE"), nullable=True),
+    Column("channel", Text, nullable=False),
+    Column("recipient", Text, nullable=False, server_default=""),
+    Column("message", Text, nullable=False, server_default=""),
+    Column("sent_at", UTCDateTime, nullable=True),
+    Column("status", Text, nullable=False, server_default="pending"),
+    Column("error", Text, nullable=True),
+    Column("retry_count", Integer, nullable=False, server_default="0"),
+    Column("next_retry_at", UTCDateTime, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+Index("ix_notifications_status", notification_events.c.status, notification_events.c.next_retry_at)
+
+api_keys = Table(
+    "api_keys", metadata,
+    Column("name", Text, primary_key=True),
+    Column("key_hash", String(64), nullable=False, unique=True),  # SHA-256 hex; the key itself is never stored
+    Column("admin", Boolean, nullable=False, server_default=text("false")),
+    Column("created_at", UTCDateTime, nullable=False),
+)
