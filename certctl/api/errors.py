@@ -76,7 +76,7 @@ def install_error_handlers(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
         if exc.status_code == 404 and message == "Not Found":
             message = "no such endpoint"
-        return error_response(exc.status_code, message, headers=exc.headers)
+        return error_response(exc.status_code, message, headers=dict(exc.headers or {}))
 
     async def on_unexpected(_: Request, exc: Exception) -> Response:
         # Details go to the log only; the client learns nothing about internals.

@@ -21,10 +21,10 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from certctl.api.errors import error_response
-from certctl.domain.keys import KeyStore
 from certctl.api.ratelimit import TokenBuckets, retry_after_header
 from certctl.domain.actor import Actor
 from certctl.domain.enums import ActorType
+from certctl.domain.keys import KeyStore
 from certctl.logs import request_id_var
 from certctl.services.audit import AuditSink, build_event
 
@@ -230,7 +230,7 @@ class AuthMiddleware:
         if self.auth_type == "none":
             return Actor("anonymous", ActorType.USER, admin=False)
         header = _header(scope, b"authorization")
-        if not header or not header[:7].lower() == "bearer ":
+        if not header or header[:7].lower() != "bearer ":
             return None
         token = header[7:].strip()
         if not token:

@@ -7,11 +7,11 @@ emit the canonical value.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Self
 
 
-class WireEnum(str, Enum):
+class WireEnum(StrEnum):
     @classmethod
     def parse(cls, value: str) -> Self:
         wanted = value.replace("_", "").replace("-", "").lower()

@@ -1,4 +1,4 @@
-"""API key verification (pure: hashing and comparison): SHA-256 of the presented token, compared in constant time to every stored hash."""
+"""API key check (pure): SHA-256 of the token, compared in constant time with every stored hash."""
 
 from __future__ import annotations
 

@@ -74,7 +74,7 @@ def redact_audit_details(details: dict[str, Any]) -> dict[str, Any]:
             return [walk(item, path) for item in value]
         return value
 
-    redacted = walk(details, "")
+    redacted: dict[str, Any] = walk(details, "")
     if touched:
         redacted["redacted_keys"] = sorted(touched)
     return redacted

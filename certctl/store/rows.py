@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, RowMapping, Table, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import UnaryExpression
 
-Row = Mapping[str, Any]
+Row = RowMapping
 
 
 async def insert_row(conn: AsyncConnection, table: Table, values: Mapping[str, Any]) -> None:

@@ -1,0 +1,30 @@
+"""Test data through the public API, so every factory call is also a check of the happy path."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import httpx
+
+_seq = itertools.count(1)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{next(_seq)}"
+
+
+async def create(client: httpx.AsyncClient, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    response = await client.post(path, json=body)
+    assert response.status_code == 201, f"POST {path}: {response.status_code} {response.text}"
+    data: dict[str, Any] = response.json()
+    return data
+
+
+async def team(client: httpx.AsyncClient, **overrides: Any) -> dict[str, Any]:
+    return await create(client, "/api/v1/teams", {"name": unique("team"), **overrides})
+
+
+async def owner(client: httpx.AsyncClient, **overrides: Any) -> dict[str, Any]:
+    body = {"name": unique("owner"), "email": f"{unique('o')}@example.com", **overrides}
+    return await create(client, "/api/v1/owners", body)
