@@ -26,7 +26,7 @@ from certctl.domain.clock import Clock
 from certctl.domain.keys import KeyStore
 from certctl.pki.sealing import ConfigSealer, load_or_create_key_file
 from certctl.services.audit import AuditSink
-from certctl.services.bootstrap import ensure_admin_key, stored_keys
+from certctl.services.bootstrap import ensure_admin_key, seed_defaults, stored_keys
 from certctl.services.container import Services
 from certctl.services.context import ServiceContext
 from certctl.store import migrate
@@ -52,6 +52,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
         ctx = ServiceContext(db=db, clock=clock, settings=settings, sealer=ConfigSealer(passphrase))
         sink = AuditSink(db)
         services = Services(ctx=ctx, audit_sink=sink)
+        await seed_defaults(ctx)
         generated = await ensure_admin_key(ctx)
         if generated is not None:
             _announce_admin_key(generated, settings)

@@ -14,7 +14,7 @@ from certctl.domain.keys import hash_key
 from certctl.services import audit
 from certctl.services.context import ServiceContext
 from certctl.store import rows
-from certctl.store.schema import api_keys
+from certctl.store.schema import api_keys, issuers, renewal_policies
 
 ADMIN_KEY_NAME = "admin"
 
@@ -48,6 +48,35 @@ async def ensure_admin_key(ctx: ServiceContext) -> str | None:
         )
     _write_secret_file(settings.data_dir / "admin.key", key)
     return key
+
+
+DEFAULT_RENEWAL_POLICY_ID = "rp-default"
+LOCAL_ISSUER_ID = "iss-local"
+
+
+async def seed_defaults(ctx: ServiceContext) -> None:
+    """First boot of an empty database: a default renewal policy and the local CA issuer row.
+
+    Re-running is harmless: nothing is written when the rows exist (or were deleted on purpose
+    after other rows were added).
+    """
+    now = ctx.clock.now()
+    async with ctx.db.transaction() as conn:
+        if not await rows.count_rows(conn, renewal_policies):
+            await rows.insert_row(conn, renewal_policies, {
+                "id": DEFAULT_RENEWAL_POLICY_ID, "name": "Default", "renewal_window_days": 30,
+                "auto_renew": True, "max_retries": 3, "retry_interval_seconds": 3600,
+                "alert_thresholds_days": [30, 14, 7, 0],
+                "alert_channels": {"informational": ["Email"], "warning": ["Email"], "critical": ["Email"]},
+                "alert_severity_map": {"30": "informational", "14": "warning", "7": "warning", "0": "critical"},
+                "created_at": now, "updated_at": now,
+            })
+        if not await rows.count_rows(conn, issuers):
+            await rows.insert_row(conn, issuers, {
+                "id": LOCAL_ISSUER_ID, "name": "Local CA", "type": "GenericCA", "config": {},
+                "encrypted_config": None, "enabled": True, "source": "database",
+                "created_at": now, "updated_at": now,
+            })
 
 
 async def stored_keys(ctx: ServiceContext) -> list[StoredKey]:
