@@ -18,7 +18,8 @@ def get_services(request: Request) -> Services:
 
 
 def get_actor(request: Request) -> Actor:
-    actor: Actor | None = request.state._state.get("actor")
+    # Set by AuthMiddleware in the ASGI scope's state.
+    actor: Actor | None = request.scope.get("state", {}).get("actor")
     if actor is None:
         raise UnauthorizedError("missing or invalid API key")
     return actor
