@@ -30,6 +30,7 @@ class Settings:
     data_dir: Path = Path("./certctl-data")
     host: str = "127.0.0.1"
     port: int = 8443
+    workers: int = 1
     tls_cert_path: Path | None = None
     tls_key_path: Path | None = None
     database_url: str | None = None  # None: SQLite under data_dir
@@ -75,6 +76,8 @@ class Settings:
     def validated(self) -> Settings:
         if not 1 <= self.port <= 65535:
             raise SettingsError(f"CERTCTL_SERVER_PORT: {self.port} is not a TCP port (1-65535)")
+        if not 1 <= self.workers <= 64:
+            raise SettingsError(f"CERTCTL_SERVER_WORKERS: {self.workers} is not between 1 and 64")
         if self.auth_type not in ("api-key", "none"):
             raise SettingsError(f"CERTCTL_AUTH_TYPE: '{self.auth_type}' is not one of: api-key, none")
         if self.auth_type == "none" and not _is_loopback(self.host):
@@ -116,6 +119,7 @@ class Settings:
             data_dir=Path(get("CERTCTL_DATA_DIR", "./certctl-data")),
             host=get("CERTCTL_SERVER_HOST", "127.0.0.1"),
             port=_int(env, "CERTCTL_SERVER_PORT", 8443),
+            workers=_int(env, "CERTCTL_SERVER_WORKERS", 1),
             tls_cert_path=_path(get("CERTCTL_TLS_CERT_PATH") or get("CERTCTL_SERVER_TLS_CERT_PATH")),
             tls_key_path=_path(get("CERTCTL_TLS_KEY_PATH") or get("CERTCTL_SERVER_TLS_KEY_PATH")),
             database_url=get("CERTCTL_DATABASE_URL") or None,

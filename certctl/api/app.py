@@ -37,7 +37,8 @@ log = logging.getLogger("certctl.server")
 ROUTERS = [system.router, teams.router, owners.router, audit.router]
 
 
-def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
+def create_app(settings: Settings, *, clock: Clock | None = None, prepare: bool = True) -> FastAPI:
+    """The app. With `prepare=False` (server workers) the parent process has already run `first_boot`."""
     keys = KeyStore()
     for named in settings.api_keys:
         keys.add_key(named.key, named.name, named.admin)
@@ -45,17 +46,12 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.effective_database_url)
-        await migrate.upgrade(db)
-        passphrase = settings.config_encryption_key or load_or_create_key_file(settings.data_dir / "config.key")
-        ctx = ServiceContext(db=db, clock=clock, settings=settings, sealer=ConfigSealer(passphrase))
+        ctx = _context(settings, db, clock)
+        if prepare:
+            await first_boot(ctx)
         sink = AuditSink(db)
         services = Services(ctx=ctx, audit_sink=sink)
-        await seed_defaults(ctx)
-        generated = await ensure_admin_key(ctx)
-        if generated is not None:
-            _announce_admin_key(generated, settings)
         for stored in await stored_keys(ctx):
             keys.add_hash(stored.key_hash, stored.name, stored.admin)
         app.state.services = services
@@ -96,6 +92,30 @@ def create_app(settings: Settings, *, clock: Clock | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_size)
     app.add_middleware(RequestContextMiddleware)
     return app
+
+
+def _context(settings: Settings, db: Database, clock: Clock) -> ServiceContext:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    passphrase = settings.config_encryption_key or load_or_create_key_file(settings.data_dir / "config.key")
+    return ServiceContext(db=db, clock=clock, settings=settings, sealer=ConfigSealer(passphrase))
+
+
+async def first_boot(ctx: ServiceContext) -> None:
+    """Migrations, seeds and the generated admin key: once per start, before anything serves."""
+    await migrate.upgrade(ctx.db)
+    await seed_defaults(ctx)
+    generated = await ensure_admin_key(ctx)
+    if generated is not None:
+        _announce_admin_key(generated, ctx.settings)
+
+
+async def prepare_server(settings: Settings, clock: Clock | None = None) -> None:
+    """`certctl server` runs this in the parent process, so worker processes never race on first boot."""
+    db = Database(settings.effective_database_url)
+    try:
+        await first_boot(_context(settings, db, clock or Clock()))
+    finally:
+        await db.dispose()
 
 
 def _sink(app: FastAPI) -> AuditSink | None:

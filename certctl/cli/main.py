@@ -3,19 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import signal
 import ssl
-import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from certctl import __version__
 from certctl.config import Settings, SettingsError
 
+if TYPE_CHECKING:
+    import uvicorn
+    from fastapi import FastAPI
+
 app = typer.Typer(help="certctl: TLS certificate lifecycle platform", no_args_is_help=True)
 db_app = typer.Typer(help="Database maintenance", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+
+log = logging.getLogger("certctl.server")
+
+# TLS 1.3 only, like the reference: no TLS 1.2 cipher negotiation to get wrong.
+TLS_MINIMUM = ssl.TLSVersion.TLSv1_3
 
 
 def _settings(**overrides: object) -> Settings:
@@ -26,43 +39,148 @@ def _settings(**overrides: object) -> Settings:
         raise typer.Exit(2) from None
 
 
+def tls_context(config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+    """uvicorn's `ssl_context_factory`: a server context with TLS 1.3 as the floor.
+
+    Module-level so it pickles into `--workers` child processes, each of which builds its own.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = TLS_MINIMUM
+    ctx.options |= ssl.OP_NO_COMPRESSION
+    assert config.ssl_certfile is not None
+    ctx.load_cert_chain(str(config.ssl_certfile), str(config.ssl_keyfile) if config.ssl_keyfile else None)
+    return ctx
+
+
+def reload_certificate(ctx: ssl.SSLContext, cert: Path, key: Path) -> bool:
+    """Load a new certificate into the live context; new connections use it, open ones keep theirs.
+
+    The files are first tried in a scratch context so a broken pair never replaces a working one.
+    """
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(str(cert), str(key))
+        ctx.load_cert_chain(str(cert), str(key))
+    except (OSError, ssl.SSLError) as exc:
+        log.error("TLS certificate reload failed; keeping the current one", extra={"error": str(exc)})
+        return False
+    log.info("TLS certificate reloaded", extra={"cert": str(cert)})
+    return True
+
+
+def worker_app() -> FastAPI:
+    """App factory for `--workers N`: each worker reads the settings the parent exported to the environment."""
+    from certctl.api.app import create_app
+    from certctl.logs import configure_logging
+
+    settings = Settings.from_env()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings, prepare=False)
+
+
+def _export(settings: Settings) -> None:
+    # Worker processes are spawned fresh and rebuild Settings from the environment; command-line
+    # options must reach them the same way.
+    os.environ.update(
+        {
+            "CERTCTL_SERVER_HOST": settings.host,
+            "CERTCTL_SERVER_PORT": str(settings.port),
+            "CERTCTL_DATA_DIR": str(settings.data_dir.resolve()),
+            "CERTCTL_SERVER_WORKERS": str(settings.workers),
+            "CERTCTL_DEMO_SEED": "true" if settings.demo_seed else "false",
+        }
+    )
+
+
 @app.command()
 def server(
     host: Annotated[str | None, typer.Option(help="Address to bind (CERTCTL_SERVER_HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="HTTPS port (CERTCTL_SERVER_PORT)")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Data directory (CERTCTL_DATA_DIR)")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes sharing the port (CERTCTL_SERVER_WORKERS, default 1)")
+    ] = None,
     demo: Annotated[bool, typer.Option("--demo", help="Seed a realistic demo inventory")] = False,
 ) -> None:
-    """Start the control plane over HTTPS."""
+    """Start the control plane over HTTPS (TLS 1.3). SIGHUP reloads the TLS certificate; SIGTERM stops cleanly."""
     import uvicorn
 
-    from certctl.api.app import create_app
+    from certctl.api.app import create_app, prepare_server
     from certctl.logs import configure_logging
     from certctl.pki.selfsigned import ensure_server_certificate
 
-    settings = _settings(host=host, port=port, data_dir=data_dir, demo_seed=demo or None)
+    settings = _settings(host=host, port=port, data_dir=data_dir, workers=workers, demo_seed=demo or None)
     configure_logging(settings.log_level, settings.log_format)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.tls_cert_path and settings.tls_key_path:
         cert, key = settings.tls_cert_path, settings.tls_key_path
     else:
         cert, key = ensure_server_certificate(settings.data_dir, settings.host)
-    typer.echo(f"certctl {__version__} listening on https://{settings.host}:{settings.port}", err=True)
-    uvicorn.run(
-        create_app(settings),
+    _export(settings)
+    try:
+        # Migrations, seeds and the admin key happen here, once, before any worker exists.
+        asyncio.run(prepare_server(settings))
+    except Exception as exc:  # an unreachable database or a failed migration: say so and stop
+        log.exception("startup failed")
+        typer.echo(f"certctl: cannot start: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+    multi = settings.workers > 1
+    config = uvicorn.Config(
+        "certctl.cli.main:worker_app" if multi else create_app(settings, prepare=False),
+        factory=multi,
+        workers=settings.workers,
         host=settings.host,
         port=settings.port,
         ssl_certfile=str(cert),
         ssl_keyfile=str(key),
-        ssl_version=ssl.PROTOCOL_TLS_SERVER,
-        ssl_ciphers="ECDHE+AESGCM:ECDHE+CHACHA20",
+        ssl_context_factory=tls_context,
         log_config=None,
         access_log=False,
         server_header=False,
         timeout_graceful_shutdown=int(settings.audit_flush_timeout_seconds),
-        loop="uvloop" if sys.platform != "win32" else "asyncio",
+        loop="uvloop",
         http="httptools",
     )
+    typer.echo(
+        f"certctl {__version__} listening on https://{settings.host}:{settings.port}"
+        + (f" with {settings.workers} workers" if multi else ""),
+        err=True,
+    )
+    if multi:
+        _serve_workers(config)
+    else:
+        _serve_single(config, cert, key)
+
+
+def _serve_single(config: uvicorn.Config, cert: Path, key: Path) -> None:
+    import uvicorn
+
+    server = uvicorn.Server(config)
+
+    def on_hup(_sig: int, _frame: FrameType | None) -> None:
+        if config.ssl is not None:
+            reload_certificate(config.ssl, cert, key)
+
+    def after_shutdown(_sig: int, _frame: FrameType | None) -> None:
+        # uvicorn re-raises the stop signal once it has shut down gracefully; by then the
+        # audit trail is flushed, so a SIGTERM stop is a clean exit (status 0), not a kill.
+        return None
+
+    signal.signal(signal.SIGHUP, on_hup)
+    signal.signal(signal.SIGTERM, after_shutdown)
+    signal.signal(signal.SIGINT, after_shutdown)
+    server.run()
+    if not server.started:
+        raise typer.Exit(3)
+
+
+def _serve_workers(config: uvicorn.Config) -> None:
+    # uvicorn's supervisor: SIGHUP replaces each worker (the new ones load the certificate afresh),
+    # SIGTERM stops them all gracefully.
+    from uvicorn.supervisors import Multiprocess
+
+    sock = config.bind_socket()
+    Multiprocess(config, sockets=[sock]).run()
 
 
 @db_app.command("upgrade")
@@ -87,7 +205,33 @@ def db_upgrade(
     typer.echo(f"database at revision {asyncio.run(run())}")
 
 
+@db_app.command("current")
+def db_current(
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory (CERTCTL_DATA_DIR)")] = None,
+) -> None:
+    """Print the database's schema revision and the newest one this version knows."""
+    from certctl.store import migrate
+    from certctl.store.database import Database
+
+    settings = _settings(data_dir=data_dir)
+
+    async def run() -> str | None:
+        db = Database(settings.effective_database_url)
+        try:
+            return await migrate.current_revision(db)
+        finally:
+            await db.dispose()
+
+    current = asyncio.run(run())
+    head = migrate.head_revision()
+    typer.echo(f"database revision: {current or 'none'}\nhead revision: {head}")
+    if current != head:
+        raise typer.Exit(1)
+
+
 @app.command()
 def version() -> None:
     """Print the version."""
     typer.echo(__version__)
+
+
