@@ -20,7 +20,7 @@ from certctl.api.middleware import (
     RequestContextMiddleware,
 )
 from certctl.api.ratelimit import TokenBuckets
-from certctl.api.routers import audit, owners, system, teams
+from certctl.api.routers import approvals, audit, certificate_actions, jobs, owners, system, teams
 from certctl.config import Settings
 from certctl.domain.clock import Clock
 from certctl.domain.keys import KeyStore
@@ -35,6 +35,7 @@ from certctl.store.database import Database
 log = logging.getLogger("certctl.server")
 
 ROUTERS = [system.router, teams.router, owners.router, audit.router]
+ROUTERS += [jobs.router, approvals.router, certificate_actions.router]
 
 
 def create_app(settings: Settings, *, clock: Clock | None = None, prepare: bool = True) -> FastAPI:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from certctl.services.approvals import ApprovalService
 from certctl.services.audit import AuditService, AuditSink
+from certctl.services.certificate_actions import CertificateActionService
 from certctl.services.context import ServiceContext
+from certctl.services.jobs import JobService
 from certctl.services.org import OwnerService, TeamService
 
 
@@ -16,8 +19,14 @@ class Services:
     audit: AuditService = field(init=False)
     teams: TeamService = field(init=False)
     owners: OwnerService = field(init=False)
+    jobs: JobService = field(init=False)
+    approvals: ApprovalService = field(init=False)
+    certificate_actions: CertificateActionService = field(init=False)
 
     def __post_init__(self) -> None:
         self.audit = AuditService(self.ctx.db)
         self.teams = TeamService(self.ctx)
         self.owners = OwnerService(self.ctx)
+        self.jobs = JobService(self.ctx)
+        self.approvals = ApprovalService(self.ctx)
+        self.certificate_actions = CertificateActionService(self.ctx)

@@ -1,0 +1,44 @@
+"""/api/v1/approvals: issuance approval requests and their two-person decisions."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from certctl.api.deps import ActorDep, PageDep, ServicesDep
+from certctl.domain.models.common import Page
+from certctl.domain.models.jobs import ApprovalDecisionBody, ApprovalDecisionResult, ApprovalRequest
+
+router = APIRouter(prefix="/api/v1/approvals", tags=["Approvals"])
+
+
+@router.get("")
+async def list_approvals(
+    services: ServicesDep,
+    page: PageDep,
+    state: str | None = None,
+    certificate_id: str | None = None,
+    requested_by: str | None = None,
+) -> Page[ApprovalRequest]:
+    items, total = await services.approvals.list(
+        page, state=state, certificate_id=certificate_id, requested_by=requested_by
+    )
+    return Page[ApprovalRequest](data=items, total=total, page=page.page, per_page=page.per_page)
+
+
+@router.get("/{approval_id}")
+async def get_approval(approval_id: str, services: ServicesDep) -> ApprovalRequest:
+    return await services.approvals.get(approval_id)
+
+
+@router.post("/{approval_id}/approve")
+async def approve(
+    approval_id: str, services: ServicesDep, actor: ActorDep, body: ApprovalDecisionBody | None = None
+) -> ApprovalDecisionResult:
+    return await services.approvals.approve(actor, approval_id, body.note if body else "")
+
+
+@router.post("/{approval_id}/reject")
+async def reject(
+    approval_id: str, services: ServicesDep, actor: ActorDep, body: ApprovalDecisionBody | None = None
+) -> ApprovalDecisionResult:
+    return await services.approvals.reject(actor, approval_id, body.note if body else "")
