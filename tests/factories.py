@@ -28,3 +28,24 @@ async def team(client: httpx.AsyncClient, **overrides: Any) -> dict[str, Any]:
 async def owner(client: httpx.AsyncClient, **overrides: Any) -> dict[str, Any]:
     body = {"name": unique("owner"), "email": f"{unique('o')}@example.com", **overrides}
     return await create(client, "/api/v1/owners", body)
+
+
+async def certificate(client: httpx.AsyncClient, **overrides: Any) -> dict[str, Any]:
+    """A Pending managed certificate on the seeded local issuer and default renewal policy.
+
+    A team and an owner are created unless `team_id` / `owner_id` are given.
+    """
+    team_id = overrides.pop("team_id", None) or (await team(client))["id"]
+    owner_id = overrides.pop("owner_id", None) or (await owner(client, team_id=team_id))["id"]
+    name = overrides.pop("name", None) or unique("cert")
+    body = {
+        "name": name,
+        "common_name": f"{name}.example.com",
+        "owner_id": owner_id,
+        "team_id": team_id,
+        "issuer_id": "iss-local",
+        "renewal_policy_id": "rp-default",
+        **overrides,
+    }
+    return await create(client, "/api/v1/certificates", body)
+

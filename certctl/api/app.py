@@ -20,7 +20,20 @@ from certctl.api.middleware import (
     RequestContextMiddleware,
 )
 from certctl.api.ratelimit import TokenBuckets
-from certctl.api.routers import approvals, audit, certificate_actions, jobs, owners, system, teams
+from certctl.api.routers import (
+    agent_groups,
+    approvals,
+    audit,
+    certificate_actions,
+    certificates,
+    jobs,
+    owners,
+    policies,
+    profiles,
+    renewal_policies,
+    system,
+    teams,
+)
 from certctl.config import Settings
 from certctl.domain.clock import Clock
 from certctl.domain.keys import KeyStore
@@ -35,6 +48,8 @@ from certctl.store.database import Database
 log = logging.getLogger("certctl.server")
 
 ROUTERS = [system.router, teams.router, owners.router, audit.router]
+ROUTERS += [certificates.router]
+ROUTERS += [profiles.router, renewal_policies.router, policies.router, agent_groups.router]
 ROUTERS += [jobs.router, approvals.router, certificate_actions.router]
 
 

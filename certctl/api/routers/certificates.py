@@ -1,0 +1,177 @@
+"""/api/v1/certificates: the managed-certificate inventory, its versions, deployments and exports.
+
+The list is the hottest read of the API, so it is encoded straight to JSON bytes with orjson
+(only the requested fields); single records go through the typed `ManagedCertificate` model.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Query, Response
+
+from certctl.api.deps import ActorDep, PageDep, ServicesDep
+from certctl.api.errors import error_response
+from certctl.domain.enums import CertificateStatus
+from certctl.domain.errors import RateLimitedError, ValidationError
+from certctl.domain.models.certificates import (
+    CertificateCreate,
+    CertificateDeployment,
+    CertificateList,
+    CertificateUpdate,
+    CertificateVersion,
+    ManagedCertificate,
+    PemExport,
+    Pkcs12ExportRequest,
+)
+from certctl.domain.models.common import Page, PageParams
+from certctl.services.certificates import CertificateFilter, CertificateListing, ListQuery
+
+router = APIRouter(prefix="/api/v1/certificates", tags=["Certificates"])
+
+_JSON_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+_LIST_DESCRIPTION = """\
+Filters: status, environment, owner_id, team_id, issuer_id, agent_id (certificates mapped to that
+agent's targets), profile_id, expires_before/expires_after, created_after, updated_after (ISO 8601).
+`sort=[-]field` (notAfter, expiresAt, createdAt, updatedAt, commonName, name, status, environment),
+`fields=a,b` (sparse objects; `id` always included).
+
+Two paging modes: `page`/`per_page` → `{data, total, page, per_page}`; or keyset paging with
+`page_size` (and `cursor` from the previous response) → `{data, next_cursor, page_size}`, which
+stays fast at any depth and works with every sort and filter."""
+
+
+def _json(body: object, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(body, option=_JSON_OPTIONS), status_code=status_code,
+                    media_type="application/json")
+
+
+@router.get("", response_model=CertificateList, summary="List certificates", description=_LIST_DESCRIPTION)
+async def list_certificates(
+    services: ServicesDep,
+    status: str | None = None,
+    environment: str | None = None,
+    owner_id: str | None = None,
+    team_id: str | None = None,
+    issuer_id: str | None = None,
+    agent_id: str | None = None,
+    profile_id: str | None = None,
+    expires_before: datetime | None = None,
+    expires_after: datetime | None = None,
+    created_after: datetime | None = None,
+    updated_after: datetime | None = None,
+    sort: str | None = None,
+    fields: str | None = None,
+    page: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
+    per_page: Annotated[int | None, Query(ge=1, le=500)] = None,
+    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+    page_size: Annotated[int | None, Query(ge=1, le=500)] = None,
+) -> Response:
+    if status is not None:
+        try:
+            status = CertificateStatus.parse(status).value
+        except ValueError as exc:
+            raise ValidationError(f"status: {exc}") from None
+    query = ListQuery(
+        flt=CertificateFilter(
+            status=status, environment=environment, owner_id=owner_id, team_id=team_id, issuer_id=issuer_id,
+            agent_id=agent_id, profile_id=profile_id, expires_before=expires_before, expires_after=expires_after,
+            created_after=created_after, updated_after=updated_after,
+        ),
+        sort=sort,
+        fields=fields,
+    )
+    if cursor is not None or page_size is not None:
+        if page is not None or per_page is not None:
+            raise ValidationError("use either page/per_page or cursor/page_size, not both")
+        size = page_size or 50
+        listing: CertificateListing = await services.certificates.list_keyset(query, cursor, size)
+        return _json({"data": listing.items, "next_cursor": listing.next_cursor, "page_size": size})
+    params = PageParams(page=page or 1, per_page=per_page or 50)
+    listing = await services.certificates.list_page(query, params)
+    return _json({"data": listing.items, "total": listing.total, "page": params.page, "per_page": params.per_page})
+
+
+@router.post("", status_code=201, summary="Create certificate")
+async def create_certificate(body: CertificateCreate, services: ServicesDep, actor: ActorDep) -> ManagedCertificate:
+    return await services.certificates.create(actor, body)
+
+
+@router.get("/{id}", summary="Get certificate")
+async def get_certificate(id: str, services: ServicesDep) -> ManagedCertificate:
+    return await services.certificates.get(id)
+
+
+@router.put("/{id}", summary="Update certificate (partial; status is changed by renew/revoke/archive)")
+async def update_certificate(
+    id: str, body: CertificateUpdate, services: ServicesDep, actor: ActorDep
+) -> ManagedCertificate:
+    return await services.certificates.update(actor, id, body)
+
+
+@router.delete("/{id}", status_code=204, summary="Archive certificate")
+async def archive_certificate(id: str, services: ServicesDep, actor: ActorDep) -> Response:
+    await services.certificates.archive(actor, id)
+    return Response(status_code=204)
+
+
+@router.get("/{id}/versions", summary="List certificate versions (newest first)")
+async def list_versions(id: str, services: ServicesDep, page: PageDep) -> Page[CertificateVersion]:
+    items, total = await services.certificates.versions(id, page)
+    return Page[CertificateVersion](data=items, total=total, page=page.page, per_page=page.per_page)
+
+
+@router.get("/{id}/deployments", summary="List the certificate's deployment jobs (newest first)")
+async def list_deployments(id: str, services: ServicesDep, page: PageDep) -> Page[CertificateDeployment]:
+    items, total = await services.certificates.deployments(id, page)
+    return Page[CertificateDeployment](data=items, total=total, page=page.page, per_page=page.per_page)
+
+
+def _rate_limited(exc: RateLimitedError) -> Response:
+    wait = int(exc.extra.get("retry_after_seconds", 1))
+    return error_response(429, exc.message, headers={"Retry-After": str(wait)}, extra=exc.extra)
+
+
+@router.get(
+    "/{id}/export/pem",
+    response_model=PemExport,
+    summary="Export certificate as PEM (no private key)",
+    responses={200: {"content": {"application/x-pem-file": {}}}, 429: {"description": "export limit reached"}},
+)
+async def export_pem(
+    id: str, services: ServicesDep, actor: ActorDep, download: bool = False
+) -> Response:
+    try:
+        exported = await services.certificates.export_pem(actor, id)
+    except RateLimitedError as exc:
+        return _rate_limited(exc)
+    if download:
+        return Response(
+            exported.full_pem,
+            media_type="application/x-pem-file",
+            headers={"Content-Disposition": f'attachment; filename="{_safe_filename(id)}.pem"'},
+        )
+    return _json(exported.model_dump())
+
+
+@router.post(
+    "/{id}/export/pkcs12",
+    summary="Export certificate and chain as a PKCS#12 trust store (AES-256, no private key)",
+    responses={200: {"content": {"application/x-pkcs12": {}}}, 429: {"description": "export limit reached"}},
+)
+async def export_pkcs12(id: str, body: Pkcs12ExportRequest, services: ServicesDep, actor: ActorDep) -> Response:
+    try:
+        bundle = await services.certificates.export_pkcs12(actor, id, body.password)
+    except RateLimitedError as exc:
+        return _rate_limited(exc)
+    return Response(
+        bundle,
+        media_type="application/x-pkcs12",
+        headers={"Content-Disposition": f'attachment; filename="{_safe_filename(id)}.p12"'},
+    )
+
+
+def _safe_filename(certificate_id: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in certificate_id) or "certificate"

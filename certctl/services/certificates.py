@@ -1,0 +1,438 @@
+"""Managed certificates: the inventory use cases (create, read, list, update, archive, export).
+
+Renewal, deployment and revocation change a certificate's state elsewhere; this service owns the
+inventory record. Every change is one transaction holding the row, its target mappings, the
+policy evaluation and the audit event, so a half-made certificate can never be observed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from certctl.config import SettingsError
+from certctl.domain.actor import Actor
+from certctl.domain.enums import CertificateStatus
+from certctl.domain.errors import ConflictError, NotFoundError, RateLimitedError, ValidationError
+from certctl.domain.ids import new_id
+from certctl.domain.models.certificates import (
+    CERTIFICATE_FIELDS,
+    NULLABLE_UPDATE_FIELDS,
+    CertificateCreate,
+    CertificateDeployment,
+    CertificateUpdate,
+    CertificateVersion,
+    ManagedCertificate,
+    PemExport,
+)
+from certctl.domain.models.common import PageParams
+from certctl.pki import export as pki_export
+from certctl.pki.sealing import load_or_create_key_file
+from certctl.services import audit
+from certctl.services.context import ServiceContext
+from certctl.services.crud import require_reference
+from certctl.services.policy_engine import evaluate_certificate
+from certctl.store import certificates_repo as repo
+from certctl.store.certificates_repo import CertificateFilter, Sort
+
+__all__ = ["CertificateFilter", "CertificateListing", "CertificateService", "ListQuery"]
+from certctl.store.rows import Row
+from certctl.store.schema import certificate_profiles, issuers, owners, renewal_policies, teams
+
+RESOURCE = "certificate"
+EXPORT_ACTIONS = ("cert_export_pem", "cert_export_pkcs12")
+EXPORT_WINDOW = timedelta(hours=1)
+
+# `sort=` names (the reference's camelCase, plus our snake_case columns) → column.
+SORT_FIELDS: dict[str, str] = {
+    "notAfter": "expires_at",
+    "expiresAt": "expires_at",
+    "createdAt": "created_at",
+    "updatedAt": "updated_at",
+    "commonName": "common_name",
+    "name": "name",
+    "status": "status",
+    "environment": "environment",
+    "expires_at": "expires_at",
+    "created_at": "created_at",
+    "updated_at": "updated_at",
+    "common_name": "common_name",
+}
+
+# Exact totals of big result sets cost a scan; above this size a total may be up to
+# COUNT_CACHE_SECONDS old (writes through this process clear it at once).
+COUNT_CACHE_MIN = 10_000
+COUNT_CACHE_SECONDS = 2.0
+
+_STATUS_BY_ANY_CASE = {s.value: s.value for s in CertificateStatus}
+
+
+@dataclass
+class CertificateListing:
+    """One page of certificates as plain rows (only the requested fields), ready to encode."""
+
+    items: list[dict[str, Any]]
+    total: int | None = None
+    next_cursor: str | None = None
+
+
+@dataclass
+class ListQuery:
+    flt: CertificateFilter = field(default_factory=CertificateFilter)
+    sort: str | None = None
+    fields: str | None = None
+
+
+class CertificateService:
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.export_limit = _export_limit(ctx.settings.extra)
+        self._count_cache: dict[tuple[Any, ...], tuple[float, int]] = {}
+        self._cursor_key: bytes | None = None
+
+    # ---- reads ------------------------------------------------------------------------------
+    async def get(self, certificate_id: str) -> ManagedCertificate:
+        async with self.ctx.db.read() as conn:
+            row = await repo.get(conn, certificate_id)
+            if row is None:
+                raise NotFoundError.of(RESOURCE, certificate_id)
+            targets = await repo.target_ids_for(conn, [certificate_id])
+        return _model(row, targets.get(certificate_id, []))
+
+    async def list_page(self, query: ListQuery, page: PageParams) -> CertificateListing:
+        sort = parse_sort(query.sort)
+        fields = parse_fields(query.fields)
+        async with self.ctx.db.read() as conn:
+            rows = await repo.list_page(conn, query.flt, sort, fields, limit=page.per_page, offset=page.offset)
+            if page.offset == 0 and len(rows) < page.per_page:
+                total = len(rows)  # the page holds everything: no count needed
+            else:
+                total = await self._count(conn, query.flt)
+            items = await _shape(conn, rows, fields)
+        return CertificateListing(items=items, total=total)
+
+    async def list_keyset(self, query: ListQuery, cursor: str | None, page_size: int) -> CertificateListing:
+        sort = parse_sort(query.sort)
+        fields = parse_fields(query.fields)
+        after = self._decode_cursor(cursor, sort) if cursor else None
+        async with self.ctx.db.read() as conn:
+            # One row more than asked tells whether another page exists without a count.
+            rows = await repo.list_keyset(conn, query.flt, sort, fields, after=after, limit=page_size + 1)
+            more = len(rows) > page_size
+            rows = rows[:page_size]
+            items = await _shape(conn, rows, fields)
+        next_cursor = self._encode_cursor(sort, repo.keyset_of(rows[-1], sort)) if more and rows else None
+        return CertificateListing(items=items, next_cursor=next_cursor)
+
+    async def versions(self, certificate_id: str, page: PageParams) -> tuple[list[CertificateVersion], int]:
+        async with self.ctx.db.read() as conn:
+            if not await repo.exists(conn, certificate_id):
+                raise NotFoundError.of(RESOURCE, certificate_id)
+            rows, total = await repo.list_versions(conn, certificate_id, limit=page.per_page, offset=page.offset)
+        return [CertificateVersion.model_validate(r) for r in rows], total
+
+    async def deployments(
+        self, certificate_id: str, page: PageParams
+    ) -> tuple[list[CertificateDeployment], int]:
+        async with self.ctx.db.read() as conn:
+            if not await repo.exists(conn, certificate_id):
+                raise NotFoundError.of(RESOURCE, certificate_id)
+            rows, total = await repo.list_deployment_jobs(
+                conn, certificate_id, limit=page.per_page, offset=page.offset
+            )
+        return [CertificateDeployment.model_validate(r) for r in rows], total
+
+    # ---- writes -----------------------------------------------------------------------------
+    async def create(self, actor: Actor, data: CertificateCreate) -> ManagedCertificate:
+        now = self.ctx.clock.now()
+        values = data.model_dump(exclude={"target_ids"})
+        target_ids = list(dict.fromkeys(data.target_ids))
+        values.update(
+            id=data.id or new_id("cert"),
+            status=CertificateStatus.PENDING.value,
+            expires_at=None,
+            source="",
+            created_at=now,
+            updated_at=now,
+        )
+        async with self.ctx.db.transaction() as conn:
+            if await repo.exists(conn, values["id"]):
+                raise ConflictError(f"certificate '{values['id']}' already exists")
+            await _ensure_name_free(conn, values["name"], None)
+            await _check_references(conn, values)
+            await _check_targets(conn, target_ids)
+            await repo.insert_certificate(conn, values)
+            await repo.replace_targets(conn, values["id"], target_ids, now)
+            row = await repo.get(conn, values["id"])
+            assert row is not None
+            await audit.record(
+                conn, self.ctx.clock, actor, "certificate_created", RESOURCE, values["id"],
+                {**_audit_values(values), "target_ids": target_ids},
+            )
+            await evaluate_certificate(conn, self.ctx, actor, {**row, "target_ids": target_ids})
+        self._writes_happened()
+        return _model(row, target_ids)
+
+    async def update(self, actor: Actor, certificate_id: str, data: CertificateUpdate) -> ManagedCertificate:
+        changes = data.model_dump(exclude_unset=True)
+        nulls = sorted(k for k, v in changes.items() if v is None and k not in NULLABLE_UPDATE_FIELDS)
+        if nulls:
+            raise ValidationError(f"field(s) {', '.join(nulls)} cannot be null")
+        new_targets = changes.pop("target_ids", None)
+        async with self.ctx.db.transaction() as conn:
+            current = await repo.get(conn, certificate_id, for_update=True)
+            if current is None:
+                raise NotFoundError.of(RESOURCE, certificate_id)
+            if current["status"] == CertificateStatus.ARCHIVED.value:
+                raise ConflictError(f"certificate '{certificate_id}' is archived and cannot be changed")
+            if "name" in changes and changes["name"] != current["name"]:
+                await _ensure_name_free(conn, changes["name"], certificate_id)
+            await _check_references(conn, changes)
+            now = self.ctx.clock.now()
+            if new_targets is not None:
+                new_targets = list(dict.fromkeys(new_targets))
+                await _check_targets(conn, new_targets)
+                await repo.replace_targets(conn, certificate_id, new_targets, now)
+            changes["updated_at"] = now
+            await repo.update_certificate(conn, certificate_id, changes)
+            row = await repo.get(conn, certificate_id)
+            assert row is not None
+            targets = (await repo.target_ids_for(conn, [certificate_id])).get(certificate_id, [])
+            details = _audit_values(changes)
+            if new_targets is not None:
+                details["target_ids"] = new_targets
+            await audit.record(conn, self.ctx.clock, actor, "certificate_updated", RESOURCE, certificate_id, details)
+            await evaluate_certificate(conn, self.ctx, actor, {**row, "target_ids": targets})
+        self._writes_happened()
+        return _model(row, targets)
+
+    async def archive(self, actor: Actor, certificate_id: str) -> None:
+        """Soft delete (the reference's DELETE): the record and its history stay, status Archived."""
+        async with self.ctx.db.transaction() as conn:
+            current = await repo.get(conn, certificate_id, for_update=True)
+            if current is None:
+                raise NotFoundError.of(RESOURCE, certificate_id)
+            if current["status"] == CertificateStatus.ARCHIVED.value:
+                return  # already archived: repeating the call changes nothing
+            await repo.update_certificate(
+                conn, certificate_id,
+                {"status": CertificateStatus.ARCHIVED.value, "updated_at": self.ctx.clock.now()},
+            )
+            await audit.record(
+                conn, self.ctx.clock, actor, "certificate_archived", RESOURCE, certificate_id,
+                {"name": current["name"], "previous_status": current["status"]},
+            )
+        self._writes_happened()
+
+    # ---- exports ------------------------------------------------------------------------------
+    async def export_pem(self, actor: Actor, certificate_id: str) -> PemExport:
+        parts, _ = await self._export(actor, certificate_id, "pem", None)
+        return PemExport(cert_pem=parts.cert_pem, chain_pem=parts.chain_pem, full_pem=parts.full_pem)
+
+    async def export_pkcs12(self, actor: Actor, certificate_id: str, password: str) -> bytes:
+        """The leaf and chain as a PKCS#12 trust store encrypted under `password`."""
+        _, bundle = await self._export(actor, certificate_id, "pkcs12", password)
+        assert bundle is not None
+        return bundle
+
+    async def _export(
+        self, actor: Actor, certificate_id: str, fmt: str, password: str | None
+    ) -> tuple[pki_export.PemParts, bytes | None]:
+        limit = self.export_limit
+        now = self.ctx.clock.now()
+        missing: str | None = None
+        async with self.ctx.db.transaction() as conn:
+            cert = await repo.get(conn, certificate_id)
+            if cert is None:
+                raise NotFoundError.of(RESOURCE, certificate_id)
+            if limit > 0:
+                used, oldest = await repo.actor_events_since(conn, actor.name, EXPORT_ACTIONS, now - EXPORT_WINDOW)
+                if used >= limit:
+                    wait = (oldest + EXPORT_WINDOW - now).total_seconds() if oldest else EXPORT_WINDOW.total_seconds()
+                    raise RateLimitedError(
+                        f"export limit of {limit} per hour reached for '{actor.name}'",
+                        extra={"retry_after_seconds": max(1, int(wait) + 1)},
+                    )
+            version = await repo.latest_version(conn, certificate_id)
+            if version is None:
+                missing = f"certificate '{certificate_id}' has no issued version to export yet"
+                await audit.record(
+                    conn, self.ctx.clock, actor, "cert_export_failed", RESOURCE, certificate_id,
+                    {"format": fmt, "error": "no issued version"},
+                )
+            else:
+                parts = pki_export.pem_parts(version["pem_chain"])
+                bundle = (
+                    pki_export.pkcs12_truststore(version["pem_chain"], password, friendly_name=cert["name"])
+                    if password is not None else None
+                )
+                details: dict[str, Any] = {
+                    "serial": parts.serial_hex, "version_id": version["id"], "has_private_key": False,
+                }
+                if fmt == "pkcs12":
+                    details["cipher"] = pki_export.PKCS12_CIPHER
+                await audit.record(
+                    conn, self.ctx.clock, actor, f"cert_export_{fmt}", RESOURCE, certificate_id, details
+                )
+        if missing is not None:
+            # Raised after the commit so the failed attempt stays in the audit trail.
+            raise NotFoundError(missing)
+        return parts, bundle
+
+    # ---- helpers ------------------------------------------------------------------------------
+    async def _count(self, conn: AsyncConnection, flt: CertificateFilter) -> int:
+        key = flt.key()
+        cached = self._count_cache.get(key)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        total = await repo.count(conn, flt)
+        if total >= COUNT_CACHE_MIN:
+            if len(self._count_cache) > 1024:
+                self._count_cache.clear()
+            self._count_cache[key] = (now + COUNT_CACHE_SECONDS, total)
+        return total
+
+    def _writes_happened(self) -> None:
+        self._count_cache.clear()
+
+    def _key(self) -> bytes:
+        if self._cursor_key is None:
+            settings = self.ctx.settings
+            secret = settings.config_encryption_key or load_or_create_key_file(settings.data_dir / "config.key")
+            # Derived from the shared config key, so a cursor made by one replica works on another.
+            self._cursor_key = hashlib.sha256(b"certctl/list-cursor/v1\0" + secret.encode()).digest()
+        return self._cursor_key
+
+    def _encode_cursor(self, sort: Sort, values: list[str | None]) -> str:
+        body = orjson.dumps([_sort_token(sort), values])
+        mac = hmac.new(self._key(), body, hashlib.sha256).digest()[:16]
+        return _b64(body) + "." + _b64(mac)
+
+    def _decode_cursor(self, cursor: str, sort: Sort) -> list[Any]:
+        try:
+            body_part, mac_part = cursor.split(".", 1)
+            body, mac = _unb64(body_part), _unb64(mac_part)
+        except (ValueError, binascii.Error):
+            raise ValidationError("cursor is not valid; start again without one") from None
+        expected = hmac.new(self._key(), body, hashlib.sha256).digest()[:16]
+        if not hmac.compare_digest(mac, expected):
+            raise ValidationError("cursor is not valid; start again without one")
+        token, values = orjson.loads(body)
+        if token != _sort_token(sort):
+            raise ValidationError("cursor was made for another sort order; start again without one")
+        if not isinstance(values, list):
+            raise ValidationError("cursor is not valid; start again without one")
+        return values
+
+
+def _export_limit(env: Mapping[str, str]) -> int:
+    raw = env.get("CERTCTL_CERT_EXPORT_RATE_LIMIT_PER_ACTOR_HR", "").strip()
+    if not raw:
+        return 50
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"CERTCTL_CERT_EXPORT_RATE_LIMIT_PER_ACTOR_HR: '{raw}' is not an integer") from None
+    if value < 0:
+        raise SettingsError("CERTCTL_CERT_EXPORT_RATE_LIMIT_PER_ACTOR_HR must be >= 0 (0 disables the limit)")
+    return value
+
+
+def parse_sort(raw: str | None) -> Sort:
+    if raw is None or raw.strip() == "":
+        return Sort()
+    text = raw.strip()
+    descending = text.startswith("-")
+    name = text.lstrip("+-")
+    column = SORT_FIELDS.get(name)
+    if column is None:
+        allowed = "notAfter, expiresAt, createdAt, updatedAt, commonName, name, status, environment"
+        raise ValidationError(f"sort: unknown field '{name}'; expected one of: {allowed} (prefix - for descending)")
+    return Sort(column=column, descending=descending)
+
+
+def parse_fields(raw: str | None) -> tuple[str, ...]:
+    """Requested fields in wire order; `id` is always included."""
+    if raw is None or raw.strip() == "":
+        return CERTIFICATE_FIELDS
+    asked = {part.strip() for part in raw.split(",") if part.strip()}
+    unknown = sorted(asked.difference(CERTIFICATE_FIELDS))
+    if unknown:
+        raise ValidationError(f"fields: unknown field(s) {', '.join(unknown)}")
+    asked.add("id")
+    return tuple(f for f in CERTIFICATE_FIELDS if f in asked)
+
+
+def _sort_token(sort: Sort) -> str:
+    return ("-" if sort.descending else "") + sort.column
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+async def _shape(conn: AsyncConnection, rows: Sequence[Row], fields: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Rows → wire dicts holding exactly `fields`, with target_ids from one query for the page."""
+    want_targets = "target_ids" in fields
+    targets = await repo.target_ids_for(conn, [r["id"] for r in rows]) if want_targets and rows else {}
+    items: list[dict[str, Any]] = []
+    for row in rows:
+        item: dict[str, Any] = {}
+        for name in fields:
+            if name == "target_ids":
+                item[name] = targets.get(row["id"], [])
+            elif name == "status":
+                status = row["status"]
+                item[name] = _STATUS_BY_ANY_CASE.get(status) or CertificateStatus.parse(status).value
+            else:
+                item[name] = row[name]
+        items.append(item)
+    return items
+
+
+def _model(row: Row, target_ids: list[str]) -> ManagedCertificate:
+    return ManagedCertificate.model_validate({**row, "target_ids": target_ids})
+
+
+def _audit_values(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if k not in ("created_at", "updated_at", "expires_at")}
+
+
+async def _ensure_name_free(conn: AsyncConnection, name: str, own_id: str | None) -> None:
+    holder = await repo.name_owner(conn, name)
+    if holder is not None and holder != own_id:
+        raise ConflictError(f"a certificate named '{name}' already exists")
+
+
+async def _check_references(conn: AsyncConnection, values: dict[str, Any]) -> None:
+    for field_name, table in (
+        ("owner_id", owners),
+        ("team_id", teams),
+        ("issuer_id", issuers),
+        ("renewal_policy_id", renewal_policies),
+        ("certificate_profile_id", certificate_profiles),
+    ):
+        if field_name in values:
+            await require_reference(conn, table, values[field_name], field_name)
+
+
+async def _check_targets(conn: AsyncConnection, target_ids: Sequence[str]) -> None:
+    unknown = await repo.unknown_targets(conn, target_ids)
+    if unknown:
+        names = ", ".join(repr(t) for t in unknown)
+        raise ValidationError(f"target_ids: target(s) {names} do not exist or are retired")
