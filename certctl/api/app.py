@@ -20,20 +20,7 @@ from certctl.api.middleware import (
     RequestContextMiddleware,
 )
 from certctl.api.ratelimit import TokenBuckets
-from certctl.api.routers import (
-    agent_groups,
-    approvals,
-    audit,
-    certificate_actions,
-    certificates,
-    jobs,
-    owners,
-    policies,
-    profiles,
-    renewal_policies,
-    system,
-    teams,
-)
+from certctl.api.routers import approvals, audit, certificate_actions, certificates, jobs, owners, system, teams
 from certctl.config import Settings
 from certctl.domain.clock import Clock
 from certctl.domain.keys import KeyStore
@@ -49,7 +36,6 @@ log = logging.getLogger("certctl.server")
 
 ROUTERS = [system.router, teams.router, owners.router, audit.router]
 ROUTERS += [certificates.router]
-ROUTERS += [profiles.router, renewal_policies.router, policies.router, agent_groups.router]
 ROUTERS += [jobs.router, approvals.router, certificate_actions.router]
 
 
