@@ -187,17 +187,21 @@ managed_certificates = Table(
     Column("source", Text, nullable=False, server_default=""),
     *_stamps(),
 )
-# Keyset pagination walks (created_at, id); filters lead with their column.
-Index("ix_certs_created", managed_certificates.c.created_at, managed_certificates.c.id)
-Index("ix_certs_status_created", managed_certificates.c.status, managed_certificates.c.created_at,
-      managed_certificates.c.id)
-Index("ix_certs_expires", managed_certificates.c.expires_at, managed_certificates.c.id)
-Index("ix_certs_owner", managed_certificates.c.owner_id)
-Index("ix_certs_team", managed_certificates.c.team_id)
-Index("ix_certs_issuer", managed_certificates.c.issuer_id)
-Index("ix_certs_policy", managed_certificates.c.renewal_policy_id)
-Index("ix_certs_profile", managed_certificates.c.certificate_profile_id)
-Index("ix_certs_environment", managed_certificates.c.environment)
+# The list endpoint's sorts each walk one index (sort key + id tie-breaker, see certificates_repo);
+# equality filters lead with their column, then the default sort, so filter + default order is one
+# index range. `name` is unique and needs no extra index.
+_mc = managed_certificates.c
+Index("ix_certs_created", _mc.created_at, _mc.id)
+Index("ix_certs_updated", _mc.updated_at, _mc.id)
+Index("ix_certs_expires", _mc.expires_at, _mc.id)
+Index("ix_certs_common_name", _mc.common_name, _mc.id)
+Index("ix_certs_status_created", _mc.status, _mc.created_at, _mc.id)
+Index("ix_certs_environment", _mc.environment, _mc.created_at, _mc.id)
+Index("ix_certs_owner", _mc.owner_id, _mc.created_at, _mc.id)
+Index("ix_certs_team", _mc.team_id, _mc.created_at, _mc.id)
+Index("ix_certs_issuer", _mc.issuer_id, _mc.created_at, _mc.id)
+Index("ix_certs_profile", _mc.certificate_profile_id, _mc.created_at, _mc.id)
+Index("ix_certs_policy", _mc.renewal_policy_id)
 
 certificate_versions = Table(
     "certificate_versions", metadata, _id(),

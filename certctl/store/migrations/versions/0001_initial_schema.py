@@ -297,15 +297,17 @@ def upgrade() -> None:
         sa.UniqueConstraint("name", name=op.f("uq_managed_certificates_name")),
     )
     with op.batch_alter_table("managed_certificates", schema=None) as batch_op:
+        batch_op.create_index("ix_certs_common_name", ["common_name", "id"], unique=False)
         batch_op.create_index("ix_certs_created", ["created_at", "id"], unique=False)
-        batch_op.create_index("ix_certs_environment", ["environment"], unique=False)
+        batch_op.create_index("ix_certs_environment", ["environment", "created_at", "id"], unique=False)
         batch_op.create_index("ix_certs_expires", ["expires_at", "id"], unique=False)
-        batch_op.create_index("ix_certs_issuer", ["issuer_id"], unique=False)
-        batch_op.create_index("ix_certs_owner", ["owner_id"], unique=False)
+        batch_op.create_index("ix_certs_issuer", ["issuer_id", "created_at", "id"], unique=False)
+        batch_op.create_index("ix_certs_owner", ["owner_id", "created_at", "id"], unique=False)
         batch_op.create_index("ix_certs_policy", ["renewal_policy_id"], unique=False)
-        batch_op.create_index("ix_certs_profile", ["certificate_profile_id"], unique=False)
+        batch_op.create_index("ix_certs_profile", ["certificate_profile_id", "created_at", "id"], unique=False)
         batch_op.create_index("ix_certs_status_created", ["status", "created_at", "id"], unique=False)
-        batch_op.create_index("ix_certs_team", ["team_id"], unique=False)
+        batch_op.create_index("ix_certs_team", ["team_id", "created_at", "id"], unique=False)
+        batch_op.create_index("ix_certs_updated", ["updated_at", "id"], unique=False)
 
     op.create_table(
         "certificate_target_mappings",
@@ -563,6 +565,7 @@ def downgrade() -> None:
 
     op.drop_table("certificate_target_mappings")
     with op.batch_alter_table("managed_certificates", schema=None) as batch_op:
+        batch_op.drop_index("ix_certs_updated")
         batch_op.drop_index("ix_certs_team")
         batch_op.drop_index("ix_certs_status_created")
         batch_op.drop_index("ix_certs_profile")
@@ -572,6 +575,7 @@ def downgrade() -> None:
         batch_op.drop_index("ix_certs_expires")
         batch_op.drop_index("ix_certs_environment")
         batch_op.drop_index("ix_certs_created")
+        batch_op.drop_index("ix_certs_common_name")
 
     op.drop_table("managed_certificates")
     op.drop_table("renewal_policies")
