@@ -260,6 +260,7 @@ async def test_revoke_bad_input(api: Api) -> None:
 
 async def test_revoke_reason_any_case(api: Api) -> None:
     cert = await factories.seed_certificate(api, expires_at=datetime.now(UTC) + timedelta(days=5))
-    response = await api.admin.post(f"/api/v1/certificates/{cert['id']}/revoke", json={"reason": "CESSATIONOFOPERATION"})
+    path = f"/api/v1/certificates/{cert['id']}/revoke"
+    response = await api.admin.post(path, json={"reason": "CESSATIONOFOPERATION"})
     assert response.status_code == 200
     assert (await cert_row(api, cert["id"]))["revocation_reason"] == "cessationOfOperation"
