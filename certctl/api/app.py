@@ -20,30 +20,13 @@ from certctl.api.middleware import (
     RequestContextMiddleware,
 )
 from certctl.api.ratelimit import TokenBuckets
-from certctl.api.routers import (
-    agent_groups,
-    agents,
-    approvals,
-    audit,
-    certificate_actions,
-    certificates,
-    issuers,
-    jobs,
-    owners,
-    policies,
-    profiles,
-    renewal_policies,
-    system,
-    targets,
-    teams,
-)
+from certctl.api.routers import approvals, audit, certificate_actions, certificates, jobs, owners, system, teams
 from certctl.config import Settings
 from certctl.domain.clock import Clock
 from certctl.domain.keys import KeyStore
 from certctl.pki.sealing import ConfigSealer, load_or_create_key_file
 from certctl.services.audit import AuditSink
 from certctl.services.bootstrap import ensure_admin_key, seed_defaults, stored_keys
-from certctl.services.connector_config import verify_sealed_configs
 from certctl.services.container import Services
 from certctl.services.context import ServiceContext
 from certctl.services.demo import seed_demo
@@ -54,9 +37,7 @@ log = logging.getLogger("certctl.server")
 
 ROUTERS = [system.router, teams.router, owners.router, audit.router]
 ROUTERS += [certificates.router]
-ROUTERS += [profiles.router, renewal_policies.router, policies.router, agent_groups.router]
 ROUTERS += [jobs.router, approvals.router, certificate_actions.router]
-ROUTERS += [issuers.router, targets.router, agents.router]
 
 
 def create_app(settings: Settings, *, clock: Clock | None = None, prepare: bool = True) -> FastAPI:
@@ -125,7 +106,6 @@ def _context(settings: Settings, db: Database, clock: Clock) -> ServiceContext:
 async def first_boot(ctx: ServiceContext) -> None:
     """Migrations, seeds and the generated admin key: once per start, before anything serves."""
     await migrate.upgrade(ctx.db)
-    await verify_sealed_configs(ctx)  # refuse to start if the config key cannot open stored configs
     await seed_defaults(ctx)
     if ctx.settings.demo_seed:
         await seed_demo(ctx)  # no-op once any certificate exists
