@@ -7,11 +7,15 @@ can print it and exit instead of failing later on the first request.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
 
 
 class SettingsError(ValueError):
@@ -74,39 +78,61 @@ class Settings:
         return replace(self, **clean).validated()
 
     def validated(self) -> Settings:
+        """Raise `SettingsError` naming the variable for the first bad value; return self when all are good."""
+        problem = next((message for message in self._problems()), None)
+        if problem is not None:
+            raise SettingsError(problem)
+        return self
+
+    def _problems(self) -> Iterator[str]:
+        if not self.host.strip():
+            yield "CERTCTL_SERVER_HOST: must not be empty"
         if not 1 <= self.port <= 65535:
-            raise SettingsError(f"CERTCTL_SERVER_PORT: {self.port} is not a TCP port (1-65535)")
+            yield f"CERTCTL_SERVER_PORT: {self.port} is not a TCP port (1-65535)"
         if not 1 <= self.workers <= 64:
-            raise SettingsError(f"CERTCTL_SERVER_WORKERS: {self.workers} is not between 1 and 64")
+            yield f"CERTCTL_SERVER_WORKERS: {self.workers} is not between 1 and 64"
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            yield f"CERTCTL_DATA_DIR: '{self.data_dir}' exists and is not a directory"
         if self.auth_type not in ("api-key", "none"):
-            raise SettingsError(f"CERTCTL_AUTH_TYPE: '{self.auth_type}' is not one of: api-key, none")
-        if self.auth_type == "none" and not _is_loopback(self.host):
-            raise SettingsError(
-                "CERTCTL_AUTH_TYPE=none is only allowed when the server binds to a loopback address "
-                f"(got host '{self.host}')"
+            yield f"CERTCTL_AUTH_TYPE: '{self.auth_type}' is not one of: api-key, none"
+        elif self.auth_type == "none" and not _is_loopback(self.host):
+            # Without keys anyone who can reach the port is an operator; only a loopback bind limits that.
+            yield (
+                "CERTCTL_AUTH_TYPE: 'none' is only allowed when the server binds to a loopback address "
+                f"(CERTCTL_SERVER_HOST is '{self.host}')"
             )
         if self.keygen_mode not in ("agent", "server"):
-            raise SettingsError(f"CERTCTL_KEYGEN_MODE: '{self.keygen_mode}' is not one of: agent, server")
+            yield f"CERTCTL_KEYGEN_MODE: '{self.keygen_mode}' is not one of: agent, server"
         if self.config_encryption_key is not None and len(self.config_encryption_key) < 32:
-            raise SettingsError("CERTCTL_CONFIG_ENCRYPTION_KEY must be at least 32 characters")
+            yield "CERTCTL_CONFIG_ENCRYPTION_KEY: must be at least 32 characters"
         if (self.tls_cert_path is None) != (self.tls_key_path is None):
-            raise SettingsError("CERTCTL_TLS_CERT_PATH and CERTCTL_TLS_KEY_PATH must be set together")
-        for path in (self.tls_cert_path, self.tls_key_path):
+            yield "CERTCTL_TLS_CERT_PATH and CERTCTL_TLS_KEY_PATH: must be set together"
+        for name, path in (("CERTCTL_TLS_CERT_PATH", self.tls_cert_path), ("CERTCTL_TLS_KEY_PATH", self.tls_key_path)):
             if path is not None and not path.is_file():
-                raise SettingsError(f"TLS file '{path}' does not exist")
+                yield f"{name}: file '{path}' does not exist"
         if self.max_body_size < 1024:
-            raise SettingsError("CERTCTL_MAX_BODY_SIZE must be at least 1024 bytes")
-        if self.rate_limit_rps <= 0 or self.rate_limit_burst < 1:
-            raise SettingsError("CERTCTL_RATE_LIMIT_RPS must be > 0 and CERTCTL_RATE_LIMIT_BURST >= 1")
-        if self.log_level.lower() not in ("debug", "info", "warning", "warn", "error"):
-            raise SettingsError(f"CERTCTL_LOG_LEVEL: '{self.log_level}' is not one of: debug, info, warn, error")
+            yield f"CERTCTL_MAX_BODY_SIZE: {self.max_body_size} is below the minimum of 1024 bytes"
+        if self.audit_flush_timeout_seconds <= 0:
+            yield f"CERTCTL_AUDIT_FLUSH_TIMEOUT_SECONDS: {self.audit_flush_timeout_seconds} must be greater than 0"
+        if self.rate_limit_rps <= 0:
+            yield f"CERTCTL_RATE_LIMIT_RPS: {self.rate_limit_rps} must be greater than 0"
+        if self.rate_limit_burst < 1:
+            yield f"CERTCTL_RATE_LIMIT_BURST: {self.rate_limit_burst} must be at least 1"
+        if self.rate_limit_per_user_rps < 0:
+            yield f"CERTCTL_RATE_LIMIT_PER_USER_RPS: {self.rate_limit_per_user_rps} must be 0 (inherit) or more"
+        if self.rate_limit_per_user_burst < 0:
+            yield f"CERTCTL_RATE_LIMIT_PER_USER_BURST: {self.rate_limit_per_user_burst} must be 0 (inherit) or more"
+        if self.log_level not in ("debug", "info", "warning", "warn", "error"):
+            yield f"CERTCTL_LOG_LEVEL: '{self.log_level}' is not one of: debug, info, warn, error"
         if self.log_format not in ("json", "text"):
-            raise SettingsError(f"CERTCTL_LOG_FORMAT: '{self.log_format}' is not one of: json, text")
+            yield f"CERTCTL_LOG_FORMAT: '{self.log_format}' is not one of: json, text"
         if self.database_url is not None and not self.database_url.startswith(
             ("postgres://", "postgresql://", "postgresql+asyncpg://", "sqlite:///", "sqlite+aiosqlite:///")
         ):
-            raise SettingsError("CERTCTL_DATABASE_URL must be a postgresql:// or sqlite:/// URL")
-        return self
+            yield "CERTCTL_DATABASE_URL: must be a postgresql:// or sqlite:/// URL"
+        for origin in self.cors_origins:
+            if origin != "*" and not _ORIGIN.match(origin):
+                yield f"CERTCTL_CORS_ORIGINS: '{origin}' is not '*' or an origin like https://app.example.com[:port]"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -115,6 +141,14 @@ class Settings:
         keys = parse_named_keys(get("CERTCTL_API_KEYS_NAMED", ""))
         legacy = [k.strip() for k in get("CERTCTL_AUTH_SECRET", "").split(",") if k.strip()]
         keys += tuple(NamedKey(f"legacy-key-{i}", k, False) for i, k in enumerate(legacy, 1))
+        owner_of: dict[str, str] = {}
+        for named in keys:
+            # One secret under two names would make the actor (and the admin flag) ambiguous.
+            if owner_of.setdefault(named.key, named.name) != named.name:
+                raise SettingsError(
+                    f"CERTCTL_API_KEYS_NAMED/CERTCTL_AUTH_SECRET: the same key is given to "
+                    f"'{owner_of[named.key]}' and '{named.name}'"
+                )
         settings = cls(
             data_dir=Path(get("CERTCTL_DATA_DIR", "./certctl-data")),
             host=get("CERTCTL_SERVER_HOST", "127.0.0.1"),
@@ -124,8 +158,8 @@ class Settings:
             tls_key_path=_path(get("CERTCTL_TLS_KEY_PATH") or get("CERTCTL_SERVER_TLS_KEY_PATH")),
             database_url=get("CERTCTL_DATABASE_URL") or None,
             max_body_size=_int(env, "CERTCTL_MAX_BODY_SIZE", 1 << 20),
-            log_level=get("CERTCTL_LOG_LEVEL", "info"),
-            log_format=get("CERTCTL_LOG_FORMAT", "json"),
+            log_level=get("CERTCTL_LOG_LEVEL", "info").strip().lower(),
+            log_format=get("CERTCTL_LOG_FORMAT", "json").strip().lower(),
             audit_flush_timeout_seconds=_float(env, "CERTCTL_AUDIT_FLUSH_TIMEOUT_SECONDS", 30.0),
             auth_type=get("CERTCTL_AUTH_TYPE", "api-key").lower().replace("apikey", "api-key"),
             api_keys=keys,
@@ -191,9 +225,12 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise SettingsError(f"{name}: '{raw}' is not a number") from None
+    if not math.isfinite(value):
+        raise SettingsError(f"{name}: '{raw}' is not a finite number")
+    return value
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:

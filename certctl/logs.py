@@ -12,7 +12,8 @@ import orjson
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+# Attributes every record has, plus uvicorn's terminal colouring, which means nothing in JSON.
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -40,13 +41,17 @@ class TextFormatter(logging.Formatter):
         return f"{base} request_id={rid}" if rid else base
 
 
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "warning": logging.WARNING,
+           "error": logging.ERROR}
+
+
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
     text_format = "%(asctime)s %(levelname)s %(name)s %(message)s"
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(text_format))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper().replace("WARN", "WARNING").replace("WARNINGING", "WARNING"))
+    root.setLevel(_LEVELS[level.lower()])
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True

@@ -33,6 +33,13 @@ STATUS_BY_KIND: dict[ErrorKind, int] = {
 }
 
 
+# 401 names the scheme (RFC 6750 §3); 429 says when to come back.
+_HEADERS_BY_STATUS: dict[int, dict[str, str]] = {
+    401: {"WWW-Authenticate": 'Bearer realm="certctl"'},
+    429: {"Retry-After": "1"},
+}
+
+
 def error_response(
     status: int, message: str, *, headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None
 ) -> Response:
@@ -64,7 +71,7 @@ def install_error_handlers(app: FastAPI) -> None:
         status = STATUS_BY_KIND[exc.kind]
         if status >= 500:
             log.error("request failed: %s", exc.message)
-        headers = {"Retry-After": "1"} if status == 429 else None
+        headers = _HEADERS_BY_STATUS.get(status)
         return error_response(status, exc.message, headers=headers, extra=exc.extra)
 
     async def on_validation_error(_: Request, exc: Exception) -> Response:

@@ -117,7 +117,11 @@ class AuditSink:
             batch = [first]
             while len(batch) < self.batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            await self._write(batch)
+            try:
+                await self._write(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
 
     async def _write(self, batch: list[dict[str, Any]]) -> None:
         for attempt in range(3):
@@ -132,14 +136,23 @@ class AuditSink:
                 await asyncio.sleep(0.2 * (attempt + 1))
 
     async def flush(self) -> None:
+        """Write everything submitted so far, including a batch the background writer is in the middle of."""
         batch: list[dict[str, Any]] = []
         while not self._queue.empty():
             batch.append(self._queue.get_nowait())
             if len(batch) >= self.batch_size:
-                await self._write(batch)
+                await self._write_done(batch)
                 batch = []
         if batch:
+            await self._write_done(batch)
+        await self._queue.join()
+
+    async def _write_done(self, batch: list[dict[str, Any]]) -> None:
+        try:
             await self._write(batch)
+        finally:
+            for _ in batch:
+                self._queue.task_done()
 
     async def close(self, timeout: float = 30.0) -> None:
         """Let the writer finish its batch (never cancelled mid-write), then drain the queue."""
