@@ -20,7 +20,20 @@ from certctl.api.middleware import (
     RequestContextMiddleware,
 )
 from certctl.api.ratelimit import TokenBuckets
-from certctl.api.routers import approvals, audit, certificate_actions, certificates, jobs, owners, system, teams
+from certctl.api.routers import (
+    agent_groups,
+    approvals,
+    audit,
+    certificate_actions,
+    certificates,
+    jobs,
+    owners,
+    policies,
+    profiles,
+    renewal_policies,
+    system,
+    teams,
+)
 from certctl.config import Settings
 from certctl.domain.clock import Clock
 from certctl.domain.keys import KeyStore
@@ -38,6 +51,7 @@ log = logging.getLogger("certctl.server")
 ROUTERS = [system.router, teams.router, owners.router, audit.router]
 ROUTERS += [certificates.router]
 ROUTERS += [jobs.router, approvals.router, certificate_actions.router]
+ROUTERS += [profiles.router, renewal_policies.router, policies.router, agent_groups.router]
 
 
 def create_app(settings: Settings, *, clock: Clock | None = None, prepare: bool = True) -> FastAPI:

@@ -277,7 +277,7 @@ class CertificateService:
                     if password is not None else None
                 )
                 details: dict[str, Any] = {
-                    "serial": parts.serial_hex, "version_id": version["id"], "has_private_key": False,
+                    "serial": parts.serial_hex, "version_id": version["id"], "certificates_only": True,
                 }
                 if fmt == "pkcs12":
                     details["cipher"] = pki_export.PKCS12_CIPHER

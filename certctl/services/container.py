@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from certctl.services.agent_groups import AgentGroupService
 from certctl.services.approvals import ApprovalService
 from certctl.services.audit import AuditService, AuditSink
 from certctl.services.certificate_actions import CertificateActionService
@@ -11,6 +12,9 @@ from certctl.services.certificates import CertificateService
 from certctl.services.context import ServiceContext
 from certctl.services.jobs import JobService
 from certctl.services.org import OwnerService, TeamService
+from certctl.services.policies import PolicyRuleService
+from certctl.services.profiles import ProfileService
+from certctl.services.renewal_policies import RenewalPolicyService
 
 
 @dataclass
@@ -24,6 +28,10 @@ class Services:
     jobs: JobService = field(init=False)
     approvals: ApprovalService = field(init=False)
     certificate_actions: CertificateActionService = field(init=False)
+    profiles: ProfileService = field(init=False)
+    renewal_policies: RenewalPolicyService = field(init=False)
+    policies: PolicyRuleService = field(init=False)
+    agent_groups: AgentGroupService = field(init=False)
 
     def __post_init__(self) -> None:
         self.audit = AuditService(self.ctx.db)
@@ -33,3 +41,7 @@ class Services:
         self.jobs = JobService(self.ctx)
         self.approvals = ApprovalService(self.ctx)
         self.certificate_actions = CertificateActionService(self.ctx)
+        self.profiles = ProfileService(self.ctx)
+        self.renewal_policies = RenewalPolicyService(self.ctx)
+        self.policies = PolicyRuleService(self.ctx)
+        self.agent_groups = AgentGroupService(self.ctx)
