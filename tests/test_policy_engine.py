@@ -23,6 +23,7 @@ from certctl.store.schema import (
     teams,
 )
 from tests.conftest import Api
+from tests.factories import unique
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -160,14 +161,16 @@ def test_validate_rule_config_rejects_bad_config(
 
 
 async def insert_certificate(api: Api, **overrides: Any) -> dict[str, Any]:
+    """A managed_certificates row (with its own team and owner) written straight to the store."""
     now = api.services.ctx.clock.now()
+    team_id, owner_id = unique("t"), unique("o")
     async with api.services.ctx.db.transaction() as conn:
-        await rows.insert_row(conn, teams, {"id": "t-1", "name": "team", "created_at": now, "updated_at": now})
+        await rows.insert_row(conn, teams, {"id": team_id, "name": team_id, "created_at": now, "updated_at": now})
         await rows.insert_row(conn, owners, {
-            "id": "o-1", "name": "owner", "team_id": "t-1", "created_at": now, "updated_at": now,
+            "id": owner_id, "name": "owner", "team_id": team_id, "created_at": now, "updated_at": now,
         })
         values = {
-            **cert(), "owner_id": "o-1", "team_id": "t-1", "status": "Active",
+            **cert(), "owner_id": owner_id, "team_id": team_id, "status": "Active",
             "created_at": now, "updated_at": now, **overrides,
         }
         await rows.insert_row(conn, managed_certificates, values)
