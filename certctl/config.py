@@ -182,12 +182,13 @@ def parse_named_keys(raw: str) -> tuple[NamedKey, ...]:
     """Parse `name:key[:admin],...`; a name may repeat (rotation) only with the same admin flag."""
     keys: list[NamedKey] = []
     admin_by_name: dict[str, bool] = {}
-    for entry in (e.strip() for e in raw.split(",")):
+    for position, entry in enumerate((e.strip() for e in raw.split(",")), 1):
         if not entry:
             continue
         parts = entry.split(":")
         if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
-            raise SettingsError(f"CERTCTL_API_KEYS_NAMED: entry '{parts[0]}:…' must be name:key or name:key:admin")
+            # Never echo the entry: a malformed one may be nothing but a key.
+            raise SettingsError(f"CERTCTL_API_KEYS_NAMED: entry {position} must be name:key or name:key:admin")
         if len(parts) == 3 and parts[2] != "admin":
             raise SettingsError(f"CERTCTL_API_KEYS_NAMED: third field of '{parts[0]}' must be 'admin'")
         admin = len(parts) == 3

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from certctl.api.errors import error_response
 from certctl.api.ratelimit import TokenBuckets, retry_after_header
-from certctl.domain.actor import Actor
+from certctl.domain.actor import ANONYMOUS, Actor
 from certctl.domain.enums import ActorType
 from certctl.domain.keys import KeyStore
 from certctl.logs import request_id_var
@@ -238,7 +238,7 @@ class AuthMiddleware:
 
     def resolve(self, scope: Scope) -> Actor | None:
         if self.auth_type == "none":
-            return Actor("anonymous", ActorType.USER, admin=False)
+            return ANONYMOUS  # never admin, and never enough to decide an approval
         header = _header(scope, b"authorization")
         if not header or header[:7].lower() != "bearer ":
             return None
@@ -285,7 +285,7 @@ class RateLimitMiddleware:
         state = _state(scope)
         actor: Actor | None = state.get("actor")
         if self.enabled and scope["path"] not in ("/health", "/ready"):
-            if actor is not None and actor.name != "anonymous":
+            if actor is not None and actor.authenticated:
                 wait = self.per_key.take(f"key:{actor.name}")
             else:
                 client = scope.get("client")

@@ -102,13 +102,15 @@ def server(
     demo: Annotated[bool, typer.Option("--demo", help="Seed a realistic demo inventory")] = False,
 ) -> None:
     """Start the control plane over HTTPS (TLS 1.3). SIGHUP reloads the TLS certificate; SIGTERM stops cleanly."""
+    # Settings first: a bad value is reported before the slow imports below.
+    settings = _settings(host=host, port=port, data_dir=data_dir, workers=workers, demo_seed=demo or None)
+
     import uvicorn
 
     from certctl.api.app import create_app, prepare_server
     from certctl.logs import configure_logging
     from certctl.pki.selfsigned import ensure_server_certificate
 
-    settings = _settings(host=host, port=port, data_dir=data_dir, workers=workers, demo_seed=demo or None)
     configure_logging(settings.log_level, settings.log_format)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.tls_cert_path and settings.tls_key_path:
