@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 REDACTED = "********"
-_SECRET_MARKERS = ("password", "secret", "token", "key", "hmac", "private", "credentials")
+_SECRET_WORDS = frozenset(
+    {"password", "passwd", "passphrase", "secret", "token", "hmac", "private", "credential", "credentials", "apikey"}
+)
 
 # Audit details: credentials never stored; PII replaced (reference redaction tables).
 _CREDENTIAL_KEYS = frozenset(
@@ -19,8 +21,9 @@ _PII_KEYS = frozenset({"email", "ip", "ip_address", "address", "phone", "recipie
 
 
 def is_secret_key(key: str) -> bool:
-    lowered = key.lower()
-    return any(marker in lowered for marker in _SECRET_MARKERS)
+    """`api_key`, `client_secret`, `eab_hmac_key`, `password` are secrets; `key_path`, `key_size` are not."""
+    words = key.lower().replace("-", "_").split("_")
+    return words[-1] == "key" or any(word in _SECRET_WORDS for word in words)
 
 
 def redact_config(config: dict[str, Any]) -> dict[str, Any]:
