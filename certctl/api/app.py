@@ -31,6 +31,7 @@ from certctl.api.routers import (
     policies,
     profiles,
     renewal_policies,
+    stats,
     system,
     teams,
 )
@@ -49,7 +50,7 @@ from certctl.store.database import Database
 log = logging.getLogger("certctl.server")
 
 ROUTERS = [system.router, teams.router, owners.router, audit.router]
-ROUTERS += [certificates.router]
+ROUTERS += [certificates.router, stats.router]
 ROUTERS += [jobs.router, approvals.router, certificate_actions.router]
 ROUTERS += [profiles.router, renewal_policies.router, policies.router, agent_groups.router]
 

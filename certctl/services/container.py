@@ -15,6 +15,7 @@ from certctl.services.org import OwnerService, TeamService
 from certctl.services.policies import PolicyRuleService
 from certctl.services.profiles import ProfileService
 from certctl.services.renewal_policies import RenewalPolicyService
+from certctl.services.stats import StatsService
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Services:
     teams: TeamService = field(init=False)
     owners: OwnerService = field(init=False)
     certificates: CertificateService = field(init=False)
+    stats: StatsService = field(init=False)
     jobs: JobService = field(init=False)
     approvals: ApprovalService = field(init=False)
     certificate_actions: CertificateActionService = field(init=False)
@@ -38,6 +40,7 @@ class Services:
         self.teams = TeamService(self.ctx)
         self.owners = OwnerService(self.ctx)
         self.certificates = CertificateService(self.ctx)
+        self.stats = StatsService(self.ctx)
         self.jobs = JobService(self.ctx)
         self.approvals = ApprovalService(self.ctx)
         self.certificate_actions = CertificateActionService(self.ctx)
