@@ -25,20 +25,20 @@ async def list_approvals(
     return Page[ApprovalRequest](data=items, total=total, page=page.page, per_page=page.per_page)
 
 
-@router.get("/{approval_id}")
-async def get_approval(approval_id: str, services: ServicesDep) -> ApprovalRequest:
-    return await services.approvals.get(approval_id)
+@router.get("/{id}")
+async def get_approval(id: str, services: ServicesDep) -> ApprovalRequest:
+    return await services.approvals.get(id)
 
 
-@router.post("/{approval_id}/approve")
+@router.post("/{id}/approve")
 async def approve(
-    approval_id: str, services: ServicesDep, actor: ActorDep, body: ApprovalDecisionBody | None = None
+    id: str, services: ServicesDep, actor: ActorDep, body: ApprovalDecisionBody | None = None
 ) -> ApprovalDecisionResult:
-    return await services.approvals.approve(actor, approval_id, body.note if body else "")
+    return await services.approvals.approve(actor, id, body.note if body else "")
 
 
-@router.post("/{approval_id}/reject")
+@router.post("/{id}/reject")
 async def reject(
-    approval_id: str, services: ServicesDep, actor: ActorDep, body: ApprovalDecisionBody | None = None
+    id: str, services: ServicesDep, actor: ActorDep, body: ApprovalDecisionBody | None = None
 ) -> ApprovalDecisionResult:
-    return await services.approvals.reject(actor, approval_id, body.note if body else "")
+    return await services.approvals.reject(actor, id, body.note if body else "")

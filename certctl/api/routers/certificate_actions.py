@@ -45,22 +45,22 @@ async def bulk_reassign(body: BulkReassignBody, services: ServicesDep, actor: Ac
     return await services.certificate_actions.bulk_reassign(actor, body)
 
 
-@router.post("/api/v1/certificates/{certificate_id}/renew", status_code=202)
+@router.post("/api/v1/certificates/{id}/renew", status_code=202)
 async def renew(
-    certificate_id: str, services: ServicesDep, actor: ActorDep, force: bool = False
+    id: str, services: ServicesDep, actor: ActorDep, force: bool = False
 ) -> RenewResult:
-    return await services.certificate_actions.renew(actor, certificate_id, force=force)
+    return await services.certificate_actions.renew(actor, id, force=force)
 
 
-@router.post("/api/v1/certificates/{certificate_id}/deploy", status_code=202)
+@router.post("/api/v1/certificates/{id}/deploy", status_code=202)
 async def deploy(
-    certificate_id: str, services: ServicesDep, actor: ActorDep, body: DeployBody | None = None
+    id: str, services: ServicesDep, actor: ActorDep, body: DeployBody | None = None
 ) -> DeployResult:
-    return await services.certificate_actions.deploy(actor, certificate_id, body.target_id if body else None)
+    return await services.certificate_actions.deploy(actor, id, body.target_id if body else None)
 
 
-@router.post("/api/v1/certificates/{certificate_id}/revoke")
+@router.post("/api/v1/certificates/{id}/revoke")
 async def revoke(
-    certificate_id: str, services: ServicesDep, actor: ActorDep, body: RevokeBody | None = None
+    id: str, services: ServicesDep, actor: ActorDep, body: RevokeBody | None = None
 ) -> ActionStatus:
-    return await services.certificate_actions.revoke(actor, certificate_id, (body or RevokeBody()).reason)
+    return await services.certificate_actions.revoke(actor, id, (body or RevokeBody()).reason)

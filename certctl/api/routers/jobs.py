@@ -26,26 +26,26 @@ async def list_jobs(
     return Page[Job](data=items, total=total, page=page.page, per_page=page.per_page)
 
 
-@router.get("/{job_id}")
-async def get_job(job_id: str, services: ServicesDep) -> Job:
-    return await services.jobs.get(job_id)
+@router.get("/{id}")
+async def get_job(id: str, services: ServicesDep) -> Job:
+    return await services.jobs.get(id)
 
 
-@router.post("/{job_id}/cancel")
-async def cancel_job(job_id: str, services: ServicesDep, actor: ActorDep) -> ActionStatus:
-    await services.jobs.cancel(actor, job_id)
+@router.post("/{id}/cancel")
+async def cancel_job(id: str, services: ServicesDep, actor: ActorDep) -> ActionStatus:
+    await services.jobs.cancel(actor, id)
     return ActionStatus(status="job_cancelled")
 
 
-@router.post("/{job_id}/approve")
-async def approve_job(job_id: str, services: ServicesDep, actor: ActorDep) -> ActionStatus:
-    await services.jobs.approve(actor, job_id)
+@router.post("/{id}/approve")
+async def approve_job(id: str, services: ServicesDep, actor: ActorDep) -> ActionStatus:
+    await services.jobs.approve(actor, id)
     return ActionStatus(status="job_approved")
 
 
-@router.post("/{job_id}/reject")
+@router.post("/{id}/reject")
 async def reject_job(
-    job_id: str, services: ServicesDep, actor: ActorDep, body: JobRejectBody | None = None
+    id: str, services: ServicesDep, actor: ActorDep, body: JobRejectBody | None = None
 ) -> ActionStatus:
-    await services.jobs.reject(actor, job_id, body.reason if body else "")
+    await services.jobs.reject(actor, id, body.reason if body else "")
     return ActionStatus(status="job_rejected")
