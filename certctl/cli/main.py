@@ -204,7 +204,12 @@ def db_upgrade(
         finally:
             await db.dispose()
 
-    typer.echo(f"database at revision {asyncio.run(run())}")
+    try:
+        revision = asyncio.run(run())
+    except Exception as exc:
+        typer.echo(f"certctl: migration failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"database at revision {revision}")
 
 
 @db_app.command("current")
@@ -218,13 +223,19 @@ def db_current(
     settings = _settings(data_dir=data_dir)
 
     async def run() -> str | None:
+        if settings.database_url is None and not settings.sqlite_path.exists():
+            return None  # never create an empty database just to say it is empty
         db = Database(settings.effective_database_url)
         try:
             return await migrate.current_revision(db)
         finally:
             await db.dispose()
 
-    current = asyncio.run(run())
+    try:
+        current = asyncio.run(run())
+    except Exception as exc:  # unreachable server, bad credentials: say so without a traceback
+        typer.echo(f"certctl: cannot read the database: {exc}", err=True)
+        raise typer.Exit(1) from None
     head = migrate.head_revision()
     typer.echo(f"database revision: {current or 'none'}\nhead revision: {head}")
     if current != head:
