@@ -22,10 +22,12 @@ from certctl.api.middleware import (
 from certctl.api.ratelimit import TokenBuckets
 from certctl.api.routers import (
     agent_groups,
+    agents,
     approvals,
     audit,
     certificate_actions,
     certificates,
+    issuers,
     jobs,
     owners,
     policies,
@@ -33,6 +35,7 @@ from certctl.api.routers import (
     renewal_policies,
     stats,
     system,
+    targets,
     teams,
 )
 from certctl.config import Settings
@@ -41,6 +44,7 @@ from certctl.domain.keys import KeyStore
 from certctl.pki.sealing import ConfigSealer, load_or_create_key_file
 from certctl.services.audit import AuditSink
 from certctl.services.bootstrap import ensure_admin_key, seed_defaults, stored_keys
+from certctl.services.connector_config import verify_sealed_configs
 from certctl.services.container import Services
 from certctl.services.context import ServiceContext
 from certctl.services.demo import seed_demo
@@ -53,6 +57,7 @@ ROUTERS = [system.router, teams.router, owners.router, audit.router]
 ROUTERS += [certificates.router, stats.router]
 ROUTERS += [jobs.router, approvals.router, certificate_actions.router]
 ROUTERS += [profiles.router, renewal_policies.router, policies.router, agent_groups.router]
+ROUTERS += [issuers.router, targets.router, agents.router]
 
 
 def create_app(settings: Settings, *, clock: Clock | None = None, prepare: bool = True) -> FastAPI:
@@ -67,7 +72,11 @@ def create_app(settings: Settings, *, clock: Clock | None = None, prepare: bool 
         db = Database(settings.effective_database_url)
         ctx = _context(settings, db, clock)
         if prepare:
-            await first_boot(ctx)
+            try:
+                await first_boot(ctx)
+            except BaseException:
+                await db.dispose()  # a refused start must not leak pooled connections
+                raise
         sink = AuditSink(db)
         services = Services(ctx=ctx, audit_sink=sink)
         for stored in await stored_keys(ctx):
@@ -121,6 +130,7 @@ def _context(settings: Settings, db: Database, clock: Clock) -> ServiceContext:
 async def first_boot(ctx: ServiceContext) -> None:
     """Migrations, seeds and the generated admin key: once per start, before anything serves."""
     await migrate.upgrade(ctx.db)
+    await verify_sealed_configs(ctx)  # refuse to start if the config key cannot open stored configs
     await seed_defaults(ctx)
     if ctx.settings.demo_seed:
         await seed_demo(ctx)  # no-op once any certificate exists

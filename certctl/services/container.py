@@ -5,17 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from certctl.services.agent_groups import AgentGroupService
+from certctl.services.agents import AgentService
 from certctl.services.approvals import ApprovalService
 from certctl.services.audit import AuditService, AuditSink
 from certctl.services.certificate_actions import CertificateActionService
 from certctl.services.certificates import CertificateService
 from certctl.services.context import ServiceContext
+from certctl.services.issuers import IssuerService
 from certctl.services.jobs import JobService
 from certctl.services.org import OwnerService, TeamService
 from certctl.services.policies import PolicyRuleService
 from certctl.services.profiles import ProfileService
 from certctl.services.renewal_policies import RenewalPolicyService
 from certctl.services.stats import StatsService
+from certctl.services.targets import TargetService
 
 
 @dataclass
@@ -35,6 +38,10 @@ class Services:
     policies: PolicyRuleService = field(init=False)
     agent_groups: AgentGroupService = field(init=False)
 
+    issuers: IssuerService = field(init=False)
+    targets: TargetService = field(init=False)
+    agents: AgentService = field(init=False)
+
     def __post_init__(self) -> None:
         self.audit = AuditService(self.ctx.db)
         self.teams = TeamService(self.ctx)
@@ -48,3 +55,6 @@ class Services:
         self.renewal_policies = RenewalPolicyService(self.ctx)
         self.policies = PolicyRuleService(self.ctx)
         self.agent_groups = AgentGroupService(self.ctx)
+        self.issuers = IssuerService(self.ctx)
+        self.targets = TargetService(self.ctx)
+        self.agents = AgentService(self.ctx)

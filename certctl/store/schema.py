@@ -16,7 +16,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    UniqueConstraint,
     text,
 )
 
@@ -160,8 +159,11 @@ deployment_targets = Table(
     Column("retired_at", UTCDateTime, nullable=True),
     Column("retired_reason", Text, nullable=True),
     *_stamps(),
-    UniqueConstraint("agent_id", "name"),
 )
+# A target name is unique per agent among live targets; retiring a target frees its name.
+Index("uq_targets_agent_name_live", deployment_targets.c.agent_id, deployment_targets.c.name, unique=True,
+      postgresql_where=deployment_targets.c.retired_at.is_(None),
+      sqlite_where=deployment_targets.c.retired_at.is_(None))
 
 managed_certificates = Table(
     "managed_certificates", metadata, _id(),

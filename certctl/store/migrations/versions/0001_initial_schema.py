@@ -193,10 +193,16 @@ def upgrade() -> None:
             ondelete="RESTRICT",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_deployment_targets")),
-        sa.UniqueConstraint("agent_id", "name", name=op.f("uq_deployment_targets_agent_id_name")),
     )
     with op.batch_alter_table("deployment_targets", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_deployment_targets_agent_id"), ["agent_id"], unique=False)
+        batch_op.create_index(
+            "uq_targets_agent_name_live",
+            ["agent_id", "name"],
+            unique=True,
+            postgresql_where=sa.text("retired_at IS NULL"),
+            sqlite_where=sa.text("retired_at IS NULL"),
+        )
 
     op.create_table(
         "owners",
@@ -584,6 +590,11 @@ def downgrade() -> None:
 
     op.drop_table("owners")
     with op.batch_alter_table("deployment_targets", schema=None) as batch_op:
+        batch_op.drop_index(
+            "uq_targets_agent_name_live",
+            postgresql_where=sa.text("retired_at IS NULL"),
+            sqlite_where=sa.text("retired_at IS NULL"),
+        )
         batch_op.drop_index(batch_op.f("ix_deployment_targets_agent_id"))
 
     op.drop_table("deployment_targets")

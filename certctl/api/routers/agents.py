@@ -1,0 +1,72 @@
+"""/api/v1/agents: registration, listing, heartbeat and soft retirement.
+
+Registration also accepts the agent bootstrap token (actor `agent-bootstrap`, resolved by the
+auth middleware for this one route only).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+
+from certctl.api.deps import ActorDep, PageDep, ServicesDep
+from certctl.domain.models.agents import Agent, AgentRegister, Heartbeat, RetireAgentResponse
+from certctl.domain.models.common import Page, StatusBody
+
+router = APIRouter(prefix="/api/v1/agents", tags=["Agents"])
+
+_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+
+
+@router.get("", summary="List agents (not retired)")
+async def list_agents(services: ServicesDep, page: PageDep) -> Page[Agent]:
+    items, total = await services.agents.list(page)
+    return Page[Agent](data=items, total=total, page=page.page, per_page=page.per_page)
+
+
+@router.post("", status_code=201, summary="Register agent", responses={409: {"description": "name taken"}})
+async def register_agent(body: AgentRegister, services: ServicesDep, actor: ActorDep) -> Agent:
+    return await services.agents.register(actor, body)
+
+
+# Declared before `/{id}` so the literal path wins.
+@router.get("/retired", summary="List retired agents")
+async def list_retired_agents(services: ServicesDep, page: PageDep) -> Page[Agent]:
+    items, total = await services.agents.list(page, retired=True)
+    return Page[Agent](data=items, total=total, page=page.page, per_page=page.per_page)
+
+
+@router.get("/{id}", summary="Get agent")
+async def get_agent(id: str, services: ServicesDep) -> Agent:
+    return await services.agents.get(id)
+
+
+@router.post("/{id}/heartbeat", summary="Agent heartbeat", responses={410: {"description": "agent retired"}})
+async def heartbeat(id: str, services: ServicesDep, actor: ActorDep, body: Heartbeat | None = None) -> StatusBody:
+    await services.agents.heartbeat(actor, id, body or Heartbeat())
+    return StatusBody(status="ok")
+
+
+@router.delete(
+    "/{id}",
+    response_model=RetireAgentResponse,
+    summary="Soft-retire agent",
+    responses={
+        204: {"description": "already retired"},
+        403: {"description": "reserved sentinel agent"},
+        409: {"description": "blocked_by_dependencies, with counts"},
+    },
+)
+async def retire_agent(
+    id: str,
+    services: ServicesDep,
+    actor: ActorDep,
+    force: Annotated[str | None, Query()] = None,
+    reason: Annotated[str | None, Query(max_length=1024)] = None,
+) -> Any:
+    # Like Go's strconv.ParseBool: anything unparsable is false, so a typo never cascades.
+    result = await services.agents.retire(actor, id, force=force in _TRUE, reason=reason)
+    if result is None:
+        return Response(status_code=204)
+    return result
