@@ -38,6 +38,7 @@ class Settings:
     tls_cert_path: Path | None = None
     tls_key_path: Path | None = None
     database_url: str | None = None  # None: SQLite under data_dir
+    database_max_conns: int = 20  # per process; the pool may grow to twice this under bursts
     max_body_size: int = 1 << 20
     log_level: str = "info"
     log_format: str = "json"
@@ -126,6 +127,8 @@ class Settings:
             yield f"CERTCTL_LOG_LEVEL: '{self.log_level}' is not one of: debug, info, warn, error"
         if self.log_format not in ("json", "text"):
             yield f"CERTCTL_LOG_FORMAT: '{self.log_format}' is not one of: json, text"
+        if not 1 <= self.database_max_conns <= 1000:
+            raise SettingsError("CERTCTL_DATABASE_MAX_CONNS must be between 1 and 1000")
         if self.database_url is not None and not self.database_url.startswith(
             ("postgres://", "postgresql://", "postgresql+asyncpg://", "sqlite:///", "sqlite+aiosqlite:///")
         ):
@@ -157,6 +160,7 @@ class Settings:
             tls_cert_path=_path(get("CERTCTL_TLS_CERT_PATH") or get("CERTCTL_SERVER_TLS_CERT_PATH")),
             tls_key_path=_path(get("CERTCTL_TLS_KEY_PATH") or get("CERTCTL_SERVER_TLS_KEY_PATH")),
             database_url=get("CERTCTL_DATABASE_URL") or None,
+            database_max_conns=_int(env, "CERTCTL_DATABASE_MAX_CONNS", 20),
             max_body_size=_int(env, "CERTCTL_MAX_BODY_SIZE", 1 << 20),
             log_level=get("CERTCTL_LOG_LEVEL", "info").strip().lower(),
             log_format=get("CERTCTL_LOG_FORMAT", "json").strip().lower(),

@@ -16,6 +16,7 @@ from certctl.api.middleware import (
     AuthMiddleware,
     BodyLimitMiddleware,
     CorsMiddleware,
+    InputSanityMiddleware,
     RateLimitMiddleware,
     RequestContextMiddleware,
 )
@@ -69,7 +70,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, prepare: bool 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(settings.effective_database_url)
+        db = Database(settings.effective_database_url, pool_size=settings.database_max_conns)
         ctx = _context(settings, db, clock)
         if prepare:
             try:
@@ -105,6 +106,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, prepare: bool 
         app.include_router(router)
 
     # Added innermost first; the request passes them in the reverse order.
+    app.add_middleware(InputSanityMiddleware)
     app.add_middleware(AuditMiddleware, sink=lambda: _sink(app), clock=clock.now)
     app.add_middleware(
         RateLimitMiddleware,
@@ -141,7 +143,7 @@ async def first_boot(ctx: ServiceContext) -> None:
 
 async def prepare_server(settings: Settings, clock: Clock | None = None) -> None:
     """`certctl server` runs this in the parent process, so worker processes never race on first boot."""
-    db = Database(settings.effective_database_url)
+    db = Database(settings.effective_database_url, pool_size=settings.database_max_conns)
     try:
         await first_boot(_context(settings, db, clock or Clock()))
     finally:

@@ -45,13 +45,18 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_on_connect)
+            event.listen(self.engine.sync_engine, "begin", _sqlite_on_begin)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         """One unit of work; integrity violations become a 409 with a readable message."""
         try:
-            async with self.engine.begin() as conn:
-                yield conn
+            async with self.engine.connect() as conn:
+                # SQLite: take the write lock up front (BEGIN IMMEDIATE) so two writers queue on
+                # busy_timeout instead of deadlocking when both try to upgrade a read lock.
+                await conn.execution_options(certctl_write=True)
+                async with conn.begin():
+                    yield conn
         except IntegrityError as exc:
             raise ConflictError(describe_integrity_error(exc)) from exc
 
@@ -72,12 +77,20 @@ class Database:
 
 
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event emit BEGIN itself (the driver's implicit BEGIN is DEFERRED).
+    dbapi_conn.isolation_level = None
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+def _sqlite_on_begin(conn: Any) -> None:
+    # Reads stay in autocommit: each SELECT sees a consistent WAL snapshot and holds no lock.
+    if conn.get_execution_options().get("certctl_write"):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 _PG_UNIQUE = re.compile(r"Key \((?P<cols>[^)]*)\)=\((?P<vals>.*)\) already exists")
