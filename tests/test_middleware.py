@@ -22,6 +22,7 @@ import pytest
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 
 from certctl.api.deps import ActorDep, AdminDep, require_admin
 from certctl.api.middleware import SECURITY_HEADERS
@@ -52,6 +53,17 @@ async def probe_actor(actor: ActorDep) -> dict[str, str]:
 @probe.get("/api/v1/_probe/boom")
 async def probe_boom() -> dict[str, str]:
     raise RuntimeError("secret internal detail")
+
+
+class _DriverError(Exception):
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(f"driver error {sqlstate}")
+        self.sqlstate = sqlstate
+
+
+@probe.get("/api/v1/_probe/db-error/{sqlstate}")
+async def probe_db_error(sqlstate: str) -> dict[str, str]:
+    raise DBAPIError("SELECT 1", {}, _DriverError(sqlstate))
 
 
 def client(app: FastAPI, key: str | None = None, ip: str = "127.0.0.1", **headers: str) -> httpx.AsyncClient:
@@ -211,6 +223,38 @@ async def test_body_limit_content_length_and_chunked(database_url: str, tmp_path
         assert created.status_code == 201, created.text
         assert created.json()["name"] == "chunked-team"
         assert (await api.admin.get("/api/v1/teams")).json()["total"] == 1, "oversized bodies left rows"
+
+
+# --- text no back end stores alike ------------------------------------------------------------------------
+
+
+async def test_nul_and_unpaired_surrogates_are_refused_on_both_back_ends(api: Api) -> None:
+    json_headers = {"content-type": "application/json"}
+    for raw in (rb'{"name": "a\u0000b"}', rb'{"name": "x\udb77y"}', rb'{"name": "ok", "description": "\uDC00"}'):
+        refused = await api.admin.post("/api/v1/teams", content=raw, headers=json_headers)
+        assert_error_body(refused, 400)
+        assert_edge_headers(refused)
+    assert_error_body(await api.admin.get("/api/v1/teams", params={"name": "a\x00"}), 400)
+    assert (await api.admin.get("/api/v1/teams")).json()["total"] == 0, "a refused body left a row"
+
+    # A surrogate pair is one ordinary character; an escaped backslash is ordinary text.
+    emoji = await api.admin.post("/api/v1/teams", content=rb'{"name": "team \ud83d\ude00"}', headers=json_headers)
+    assert emoji.status_code == 201 and emoji.json()["name"] == "team \U0001f600"
+    literal = await api.admin.post("/api/v1/teams", content=rb'{"name": "C:\\u0000"}', headers=json_headers)
+    assert literal.status_code == 201 and literal.json()["name"] == "C:\\u0000"
+    # Refused calls by a known key are still audited.
+    statuses = [e["details"]["status"] for e in await api_events(api, "/api/v1/teams")]
+    assert statuses.count(400) == 4
+
+
+async def test_values_the_database_refuses_are_a_400(database_url: str, tmp_path: Path) -> None:
+    async with custom_api(database_url, tmp_path) as api:
+        for sqlstate in ("22003", "22021", "22P05"):  # out of range, bad character, untranslatable
+            response = await api.admin.get(f"/api/v1/_probe/db-error/{sqlstate}")
+            assert assert_error_body(response, 400)["message"].startswith("a value in the request")
+        broken = await api.admin.get("/api/v1/_probe/db-error/08006")  # connection failure: our problem
+        assert_error_body(broken, 500)
+        assert "driver error" not in broken.text
 
 
 # --- CORS ---------------------------------------------------------------------------------------------------

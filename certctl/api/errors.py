@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -85,6 +86,18 @@ def install_error_handlers(app: FastAPI) -> None:
             message = "no such endpoint"
         return error_response(exc.status_code, message, headers=dict(exc.headers or {}))
 
+    async def on_database_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, DBAPIError)
+        # SQLSTATE class 22 ("data exception": NUL or unpaired surrogate characters, numbers out of the
+        # column's range) is PostgreSQL refusing a value the client sent; SQLite stores such values.
+        # Nothing was written: the transaction rolled back.
+        if str(getattr(exc.orig, "sqlstate", "") or "").startswith("22"):
+            log.warning("database refused a value: %s", str(exc.orig).splitlines()[0])
+            return error_response(
+                400, "a value in the request is out of range or contains characters that cannot be stored"
+            )
+        return await on_unexpected(request, exc)
+
     async def on_unexpected(_: Request, exc: Exception) -> Response:
         # Details go to the log only; the client learns nothing about internals.
         log.exception("unhandled error", exc_info=exc)
@@ -93,4 +106,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(CertctlError, on_domain_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(DBAPIError, on_database_error)
     app.add_exception_handler(Exception, on_unexpected)

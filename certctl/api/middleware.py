@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from certctl.api.errors import error_response
@@ -171,6 +172,59 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
         return pending.pop(0) if pending else await receive()
 
     return replay
+
+
+class InputSanityMiddleware:
+    """400 for text no back end can store the same way: NUL characters and unpaired UTF-16 surrogates.
+
+    PostgreSQL refuses both (SQLite keeps them), so without this check the same request would be
+    stored on one back end and fail on the other. JSON can carry them only as `\\u` escapes and a
+    URL only as `%00`, so ordinary requests pass on a substring test without being parsed twice.
+    Innermost, after authentication and rate limiting, so a refused call is limited and audited.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if b"%00" in scope.get("query_string", b"") or "\x00" in scope["path"]:
+            await _send_error(scope, send, 400, "the URL contains a NUL character")
+            return
+        messages: list[Message] = []
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+        body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.request")
+        if b"\\u" in body and _has_unstorable_text(body):
+            await _send_error(
+                scope, send, 400, "the request body contains a NUL character or an unpaired surrogate escape"
+            )
+            return
+        await self.app(scope, _replay(messages, receive), send)
+
+
+def _has_unstorable_text(body: bytes) -> bool:
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        # orjson refuses lone surrogates itself; otherwise the body is not JSON and the app says so.
+        return b"\\ud" in body.lower() or b"\\u0000" in body
+    return _bad_text(value)
+
+
+def _bad_text(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_bad_text(k) or _bad_text(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_bad_text(item) for item in value)
+    return False
 
 
 class CorsMiddleware:
