@@ -74,8 +74,6 @@ SORT_FIELDS: dict[str, str] = {
 COUNT_CACHE_MIN = 10_000
 COUNT_CACHE_SECONDS = 2.0
 
-_STATUS_BY_ANY_CASE = {s.value: s.value for s in CertificateStatus}
-
 
 @dataclass
 class CertificateListing:
@@ -103,22 +101,20 @@ class CertificateService:
     # ---- reads ------------------------------------------------------------------------------
     async def get(self, certificate_id: str) -> ManagedCertificate:
         async with self.ctx.db.read() as conn:
-            row = await repo.get(conn, certificate_id)
-            if row is None:
-                raise NotFoundError.of(RESOURCE, certificate_id)
-            targets = await repo.target_ids_for(conn, [certificate_id])
-        return _model(row, targets.get(certificate_id, []))
+            item = await repo.get_wire(conn, certificate_id, CERTIFICATE_FIELDS)
+        if item is None:
+            raise NotFoundError.of(RESOURCE, certificate_id)
+        return ManagedCertificate.model_validate(item)
 
     async def list_page(self, query: ListQuery, page: PageParams) -> CertificateListing:
         sort = parse_sort(query.sort)
         fields = parse_fields(query.fields)
         async with self.ctx.db.read() as conn:
-            rows = await repo.list_page(conn, query.flt, sort, fields, limit=page.per_page, offset=page.offset)
-            if page.offset == 0 and len(rows) < page.per_page:
-                total = len(rows)  # the page holds everything: no count needed
+            items = await repo.list_page(conn, query.flt, sort, fields, limit=page.per_page, offset=page.offset)
+            if page.offset == 0 and len(items) < page.per_page:
+                total = len(items)  # the page holds everything: no count needed
             else:
                 total = await self._count(conn, query.flt)
-            items = await _shape(conn, rows, fields)
         return CertificateListing(items=items, total=total)
 
     async def list_keyset(self, query: ListQuery, cursor: str | None, page_size: int) -> CertificateListing:
@@ -126,13 +122,9 @@ class CertificateService:
         fields = parse_fields(query.fields)
         after = self._decode_cursor(cursor, sort) if cursor else None
         async with self.ctx.db.read() as conn:
-            # One row more than asked tells whether another page exists without a count.
-            rows = await repo.list_keyset(conn, query.flt, sort, fields, after=after, limit=page_size + 1)
-            more = len(rows) > page_size
-            rows = rows[:page_size]
-            items = await _shape(conn, rows, fields)
-        next_cursor = self._encode_cursor(sort, repo.keyset_of(rows[-1], sort)) if more and rows else None
-        return CertificateListing(items=items, next_cursor=next_cursor)
+            rows, more = await repo.list_keyset(conn, query.flt, sort, fields, after=after, limit=page_size)
+        next_cursor = self._encode_cursor(sort, rows.last_key) if more and rows.last_key is not None else None
+        return CertificateListing(items=rows.items, next_cursor=next_cursor)
 
     async def versions(self, certificate_id: str, page: PageParams) -> tuple[list[CertificateVersion], int]:
         async with self.ctx.db.read() as conn:
@@ -314,7 +306,7 @@ class CertificateService:
             self._cursor_key = hashlib.sha256(b"certctl/list-cursor/v1\0" + secret.encode()).digest()
         return self._cursor_key
 
-    def _encode_cursor(self, sort: Sort, values: list[str | None]) -> str:
+    def _encode_cursor(self, sort: Sort, values: list[Any]) -> str:
         body = orjson.dumps([_sort_token(sort), values])
         mac = hmac.new(self._key(), body, hashlib.sha256).digest()[:16]
         return _b64(body) + "." + _b64(mac)
@@ -384,25 +376,6 @@ def _b64(raw: bytes) -> str:
 
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-async def _shape(conn: AsyncConnection, rows: Sequence[Row], fields: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Rows → wire dicts holding exactly `fields`, with target_ids from one query for the page."""
-    want_targets = "target_ids" in fields
-    targets = await repo.target_ids_for(conn, [r["id"] for r in rows]) if want_targets and rows else {}
-    items: list[dict[str, Any]] = []
-    for row in rows:
-        item: dict[str, Any] = {}
-        for name in fields:
-            if name == "target_ids":
-                item[name] = targets.get(row["id"], [])
-            elif name == "status":
-                status = row["status"]
-                item[name] = _STATUS_BY_ANY_CASE.get(status) or CertificateStatus.parse(status).value
-            else:
-                item[name] = row[name]
-        items.append(item)
-    return items
 
 
 def _model(row: Row, target_ids: list[str]) -> ManagedCertificate:

@@ -1,23 +1,33 @@
 """Managed certificates, their versions, target mappings and deployment jobs.
 
-The list query is the hot path of the inventory (tens of thousands of certificates, dashboards
-polling it): filters, sort and both pagination modes are done in SQL, and every sort walks an
-index whose leading columns are the sort key (see the `ix_certs_*` indexes in schema.py).
-Keyset ("cursor") pages compare the whole sort key as a row value, `(key..., id) > (:v..., :id)`,
-which PostgreSQL and SQLite both answer with one index range scan.
+The list query is the hot path of the inventory (up to millions of rows, dashboards polling it),
+so reads of certificate records are built here as one SQL statement per page and run on the
+driver connection underneath SQLAlchemy:
+
+- one round trip per page: `target_ids` come from a correlated sub-select (one index probe per
+  row of the page inside the same statement), and no BEGIN/ROLLBACK pair is sent for a read;
+- the statement text depends only on the shape of the request (which filters, sort, fields), so
+  the driver's prepared-statement cache serves it after the first call;
+- JSON columns are passed through as the database's own JSON text (wrapped for orjson), never
+  parsed and re-encoded.
+
+Every sort walks an index whose leading columns are the sort key (the `ix_certs_*` indexes in
+schema.py). Keyset pages compare the whole sort key as a row value, `(key..., id) > ($1, $2)`,
+which PostgreSQL and SQLite both answer with one index range scan. Writes use SQLAlchemy Core.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, func, insert, or_, select, tuple_, update
+import orjson
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from certctl.domain.enums import JobType
+from certctl.domain.enums import CertificateStatus, JobType
 from certctl.domain.errors import ValidationError
 from certctl.store.rows import Row
 from certctl.store.schema import (
@@ -43,10 +53,13 @@ SORT_KEYS: dict[str, tuple[str, ...]] = {
     "status": ("status", "created_at", "id"),
     "environment": ("environment", "created_at", "id"),
 }
-_DATETIME_KEYS = frozenset({"created_at", "updated_at", "expires_at"})
+_DATETIME_COLUMNS = frozenset(
+    {"created_at", "updated_at", "expires_at", "last_renewal_at", "last_deployment_at", "revoked_at"}
+)
+_JSON_COLUMNS = frozenset({"sans", "tags"})
 _NULLABLE_KEYS = frozenset({"expires_at"})
-# Columns every list query must read besides the requested ones (the keyset needs its key).
-_ALWAYS = ("id",)
+_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # how UTCDateTime stores instants on SQLite (naive UTC text)
+_STATUS = {s.value: s.value for s in CertificateStatus}
 
 
 @dataclass(frozen=True)
@@ -64,7 +77,7 @@ class CertificateFilter:
     updated_after: datetime | None = None
 
     def key(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in self.__dataclass_fields__)
+        return tuple(getattr(self, f.name) for f in fields(self))
 
 
 @dataclass(frozen=True)
@@ -73,76 +86,185 @@ class Sort:
     descending: bool = False
 
 
-def _where(flt: CertificateFilter) -> list[ColumnElement[bool]]:
-    c = certs.c
-    where: list[ColumnElement[bool]] = []
+@dataclass
+class CertificateRows:
+    """A page of certificates as wire dicts (only the requested fields), plus the sort key of its
+    last row when another page follows (for the next cursor)."""
+
+    items: list[dict[str, Any]]
+    last_key: list[Any] | None
+
+
+class _Statement:
+    """SQL text and its positional parameters for one back end."""
+
+    def __init__(self, dialect: str) -> None:
+        self.pg = dialect == "postgresql"
+        self.params: list[Any] = []
+
+    def bind(self, value: Any) -> str:
+        if isinstance(value, datetime) and not self.pg:
+            value = value.astimezone(UTC).strftime(_SQLITE_TIME)
+        self.params.append(value)
+        return f"${len(self.params)}" if self.pg else "?"
+
+    def targets_column(self) -> str:
+        if self.pg:
+            return ("ARRAY(SELECT m.target_id FROM certificate_target_mappings m "
+                    "WHERE m.certificate_id = c.id ORDER BY m.target_id)")
+        return ("(SELECT json_group_array(t.target_id) FROM (SELECT m.target_id FROM certificate_target_mappings m "
+                "WHERE m.certificate_id = c.id ORDER BY m.target_id) t)")
+
+    def column(self, name: str) -> str:
+        if name == "target_ids":
+            return self.targets_column()
+        if name in _JSON_COLUMNS and self.pg:
+            return f"c.{name}::text"
+        return f"c.{name}"
+
+
+def _where(stmt: _Statement, flt: CertificateFilter) -> list[str]:
+    where: list[str] = []
     for column, value in (
-        (c.status, flt.status),
-        (c.environment, flt.environment),
-        (c.owner_id, flt.owner_id),
-        (c.team_id, flt.team_id),
-        (c.issuer_id, flt.issuer_id),
-        (c.certificate_profile_id, flt.profile_id),
+        ("status", flt.status),
+        ("environment", flt.environment),
+        ("owner_id", flt.owner_id),
+        ("team_id", flt.team_id),
+        ("issuer_id", flt.issuer_id),
+        ("certificate_profile_id", flt.profile_id),
     ):
         if value is not None:
-            where.append(column == value)
-    if flt.expires_before is not None:
-        where.append(c.expires_at < flt.expires_before)
-    if flt.expires_after is not None:
-        where.append(c.expires_at > flt.expires_after)
-    if flt.created_after is not None:
-        where.append(c.created_at > flt.created_after)
-    if flt.updated_after is not None:
-        where.append(c.updated_at > flt.updated_after)
+            where.append(f"c.{column} = {stmt.bind(value)}")
+    for column, op, moment in (
+        ("expires_at", "<", flt.expires_before),
+        ("expires_at", ">", flt.expires_after),
+        ("created_at", ">", flt.created_after),
+        ("updated_at", ">", flt.updated_after),
+    ):
+        if moment is not None:
+            where.append(f"c.{column} {op} {stmt.bind(moment)}")
     if flt.agent_id is not None:
-        mapped = (
-            select(mappings.c.certificate_id)
-            .join(deployment_targets, deployment_targets.c.id == mappings.c.target_id)
-            .where(deployment_targets.c.agent_id == flt.agent_id)
+        where.append(
+            "c.id IN (SELECT m.certificate_id FROM certificate_target_mappings m "
+            "JOIN deployment_targets t ON t.id = m.target_id "
+            f"WHERE t.agent_id = {stmt.bind(flt.agent_id)})"
         )
-        where.append(c.id.in_(mapped))
     return where
 
 
-def _order(sort: Sort) -> list[Any]:
-    columns = [certs.c[name] for name in SORT_KEYS[sort.column]]
-    if sort.descending:
-        # PostgreSQL's default (DESC NULLS FIRST) is the exact reverse of ASC NULLS LAST, so one
-        # index serves both directions; spelled out so SQLite orders NULLs the same way.
-        return [col.desc().nulls_first() if col.name in _NULLABLE_KEYS else col.desc() for col in columns]
-    return [col.asc().nulls_last() if col.name in _NULLABLE_KEYS else col.asc() for col in columns]
+def _order(sort: Sort) -> str:
+    parts = []
+    for name in SORT_KEYS[sort.column]:
+        direction = "DESC" if sort.descending else "ASC"
+        if name in _NULLABLE_KEYS:
+            # PostgreSQL's defaults (ASC NULLS LAST / DESC NULLS FIRST) are exact reverses, so one
+            # index serves both directions; spelled out so SQLite orders NULLs the same way.
+            direction += " NULLS FIRST" if sort.descending else " NULLS LAST"
+        parts.append(f"c.{name} {direction}")
+    return ", ".join(parts)
 
 
-def _columns(fields: Sequence[str], sort: Sort | None) -> list[Any]:
-    wanted = list(dict.fromkeys([*_ALWAYS, *fields, *(SORT_KEYS[sort.column] if sort else ())]))
-    return [certs.c[name] for name in wanted if name != "target_ids"]
+def _after(stmt: _Statement, sort: Sort, values: Sequence[Any]) -> str:
+    """Rows strictly after `values` in the (total) sort order, as one row-value comparison."""
+    names = SORT_KEYS[sort.column]
+    left = ", ".join(f"c.{n}" for n in names)
+    right = ", ".join(stmt.bind(v) for v in values)
+    op = "<" if sort.descending else ">"
+    return f"({left}) {op} ({right})" if len(names) > 1 else f"{left} {op} {right}"
 
 
-async def list_page(
+def _converter(name: str, pg: bool, raw_json: bool) -> Callable[[Any], Any] | None:
+    if name in _JSON_COLUMNS or (name == "target_ids" and not pg):
+        return orjson.Fragment if raw_json else orjson.loads
+    if name == "status":
+        return lambda v: _STATUS.get(v) or CertificateStatus.parse(v).value
+    if name in _DATETIME_COLUMNS and not pg:
+        return _sqlite_time
+    return None
+
+
+def _sqlite_time(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+async def _fetch(conn: AsyncConnection, sql: str, params: Sequence[Any]) -> list[Sequence[Any]]:
+    """Run one statement on the driver connection: no SQLAlchemy compile, no implicit BEGIN."""
+    raw = (await conn.get_raw_connection()).driver_connection
+    assert raw is not None
+    if conn.dialect.name == "postgresql":
+        return list(await raw.fetch(sql, *params))
+    cursor = await raw.execute(sql, params)
+    try:
+        return list(await cursor.fetchall())
+    finally:
+        await cursor.close()
+
+
+async def _select(
     conn: AsyncConnection,
     flt: CertificateFilter,
     sort: Sort,
-    fields: Sequence[str],
+    wanted: Sequence[str],
     *,
+    extra_where: Sequence[Callable[[_Statement], str]] = (),
     limit: int,
-    offset: int,
-) -> list[Row]:
-    stmt = select(*_columns(fields, None)).where(*_where(flt)).order_by(*_order(sort)).limit(limit).offset(offset)
-    return list((await conn.execute(stmt)).mappings().all())
+    offset: int = 0,
+    raw_json: bool = True,
+) -> tuple[list[dict[str, Any]], list[Sequence[Any]], list[str]]:
+    stmt = _Statement(conn.dialect.name)
+    key_columns = [k for k in SORT_KEYS[sort.column] if k not in wanted]
+    names = [*wanted, *key_columns]
+    columns = ", ".join(stmt.column(n) for n in names)
+    where = _where(stmt, flt) + [build(stmt) for build in extra_where]
+    sql = f"SELECT {columns} FROM managed_certificates c"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY {_order(sort)} LIMIT {stmt.bind(limit)}"
+    if offset:
+        sql += f" OFFSET {stmt.bind(offset)}"
+    records = await _fetch(conn, sql, stmt.params)
+    converters = [(i, n, _converter(n, stmt.pg, raw_json)) for i, n in enumerate(wanted)]
+    items = []
+    for record in records:
+        item = {}
+        for i, name, convert in converters:
+            value = record[i]
+            item[name] = convert(value) if convert is not None and value is not None else value
+        items.append(item)
+    return items, records, names
+
+
+def _key_of(record: Sequence[Any], names: list[str], sort: Sort, pg: bool) -> list[Any]:
+    values = []
+    for key in SORT_KEYS[sort.column]:
+        value = record[names.index(key)]
+        if key in _DATETIME_COLUMNS and not pg:
+            value = _sqlite_time(value)
+        values.append(value.isoformat() if isinstance(value, datetime) else value)
+    return values
+
+
+async def list_page(
+    conn: AsyncConnection, flt: CertificateFilter, sort: Sort, wanted: Sequence[str], *, limit: int, offset: int
+) -> list[dict[str, Any]]:
+    items, _, _ = await _select(conn, flt, sort, wanted, limit=limit, offset=offset)
+    return items
 
 
 async def count(conn: AsyncConnection, flt: CertificateFilter) -> int:
-    stmt = select(func.count()).select_from(certs).where(*_where(flt))
-    return int((await conn.execute(stmt)).scalar_one())
+    stmt = _Statement(conn.dialect.name)
+    where = _where(stmt, flt)
+    sql = "SELECT count(*) FROM managed_certificates c" + (" WHERE " + " AND ".join(where) if where else "")
+    return int((await _fetch(conn, sql, stmt.params))[0][0])
 
 
-def keyset_of(row: Row, sort: Sort) -> list[str | None]:
-    """The sort-key values of `row`, as JSON-safe strings, for a cursor."""
-    values: list[str | None] = []
-    for name in SORT_KEYS[sort.column]:
-        value = row[name]
-        values.append(value.isoformat() if isinstance(value, datetime) else value)
-    return values
+async def get_wire(conn: AsyncConnection, certificate_id: str, wanted: Sequence[str]) -> dict[str, Any] | None:
+    """One certificate with its target_ids (JSON columns parsed), in one statement."""
+    items, _, _ = await _select(
+        conn, CertificateFilter(), Sort(), wanted,
+        extra_where=[lambda stmt: f"c.id = {stmt.bind(certificate_id)}"], limit=1, raw_json=False,
+    )
+    return items[0] if items else None
 
 
 def _parse_keyset(sort: Sort, values: Sequence[Any]) -> list[Any]:
@@ -155,76 +277,84 @@ def _parse_keyset(sort: Sort, values: Sequence[Any]) -> list[Any]:
             parsed.append(None)
         elif not isinstance(value, str):
             raise ValidationError("cursor is malformed")
-        elif name in _DATETIME_KEYS:
+        elif name in _DATETIME_COLUMNS:
             try:
-                parsed.append(datetime.fromisoformat(value))
+                moment = datetime.fromisoformat(value)
             except ValueError:
                 raise ValidationError("cursor is malformed") from None
+            parsed.append(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
         else:
             parsed.append(value)
     return parsed
-
-
-def _after(sort: Sort, values: Sequence[Any]) -> ColumnElement[bool]:
-    """Rows strictly after `values` in the (total) sort order, as one row-value comparison."""
-    columns = [certs.c[name] for name in SORT_KEYS[sort.column]]
-    left, right = tuple_(*columns), tuple_(*values)
-    return left < right if sort.descending else left > right
 
 
 async def list_keyset(
     conn: AsyncConnection,
     flt: CertificateFilter,
     sort: Sort,
-    fields: Sequence[str],
+    wanted: Sequence[str],
     *,
     after: Sequence[Any] | None,
     limit: int,
-) -> list[Row]:
-    """One keyset page. A nullable sort key splits the order into a non-NULL part and a NULL part
-    (NULLs last ascending, first descending); each part is a plain index range, walked in turn."""
-    where = _where(flt)
-    order = _order(sort)
-    columns = _columns(fields, sort)
-    lead = certs.c[SORT_KEYS[sort.column][0]]
-    nullable = sort.column in _NULLABLE_KEYS
-    parsed = _parse_keyset(sort, after) if after is not None else None
+) -> tuple[CertificateRows, bool]:
+    """One keyset page of up to `limit` rows, and whether more follow.
 
-    if not nullable:
-        cond = [_after(sort, parsed)] if parsed is not None else []
-        stmt = select(*columns).where(*where, *cond).order_by(*order).limit(limit)
-        return list((await conn.execute(stmt)).mappings().all())
-
-    id_col = certs.c.id
-    in_null_part = parsed is not None and parsed[0] is None
-    null_first = sort.descending
-    parts: list[ColumnElement[bool]] = []
-    if null_first:
-        # 1) NULL rows by id desc, 2) non-NULL rows by key desc.
-        if parsed is None:
-            parts = [lead.is_(None), lead.is_not(None)]
-        elif in_null_part:
-            parts = [and_(lead.is_(None), id_col < parsed[1]), lead.is_not(None)]
-        else:
-            parts = [and_(lead.is_not(None), _after(sort, parsed))]
-    elif parsed is None:
-        parts = [lead.is_not(None), lead.is_(None)]
-    elif in_null_part:
-        parts = [and_(lead.is_(None), id_col > parsed[1])]
-    else:
-        parts = [and_(lead.is_not(None), _after(sort, parsed)), lead.is_(None)]
-
-    found: list[Row] = []
-    for part in parts:
-        stmt = select(*columns).where(*where, part).order_by(*order).limit(limit - len(found))
-        found.extend((await conn.execute(stmt)).mappings().all())
-        if len(found) >= limit:
+    A nullable sort key splits the order into a non-NULL part and a NULL part (NULLs last
+    ascending, first descending); each part is a plain index range, walked in turn, so a second
+    statement only runs on the page where the parts meet.
+    """
+    key = _parse_keyset(sort, after) if after is not None else None
+    parts = _keyset_parts(sort, key)
+    want = limit + 1  # one row more than asked tells whether another page exists, without a count
+    items: list[dict[str, Any]] = []
+    tail: list[tuple[Sequence[Any], list[str]]] = []
+    for extra in parts:
+        found, records, names = await _select(conn, flt, sort, wanted, extra_where=extra, limit=want - len(items))
+        items.extend(found)
+        tail.extend((record, names) for record in records)
+        if len(items) >= want:
             break
-    return found
+    more = len(items) > limit
+    last_key = None
+    if more:
+        record, names = tail[limit - 1]
+        last_key = _key_of(record, names, sort, conn.dialect.name == "postgresql")
+    return CertificateRows(items=items[:limit], last_key=last_key), more
+
+
+_Clause = Callable[[_Statement], str]
+
+
+def _keyset_parts(sort: Sort, key: list[Any] | None) -> list[list[_Clause]]:
+    """The WHERE clauses of each index range to walk, in order, after cursor position `key`."""
+    if sort.column not in _NULLABLE_KEYS:
+        return [[] if key is None else [lambda s: _after(s, sort, key)]]
+    lead = f"c.{SORT_KEYS[sort.column][0]}"
+
+    def is_null(_: _Statement) -> str:
+        return f"{lead} IS NULL"
+
+    def not_null(_: _Statement) -> str:
+        return f"{lead} IS NOT NULL"
+
+    if key is None:
+        return [[is_null], [not_null]] if sort.descending else [[not_null], [is_null]]
+    last_id = key[-1]
+
+    def id_after(s: _Statement) -> str:
+        return f"c.id {'<' if sort.descending else '>'} {s.bind(last_id)}"
+
+    def key_after(s: _Statement) -> str:
+        return _after(s, sort, key)
+
+    in_null_part = key[0] is None
+    if sort.descending:  # NULL rows first (by id desc), then the others by key desc
+        return [[is_null, id_after], [not_null]] if in_null_part else [[not_null, key_after]]
+    return [[is_null, id_after]] if in_null_part else [[not_null, key_after], [is_null]]
 
 
 async def target_ids_for(conn: AsyncConnection, certificate_ids: Sequence[str]) -> dict[str, list[str]]:
-    """Mapped targets of a whole page of certificates in one query."""
+    """Mapped targets of some certificates in one query."""
     if not certificate_ids:
         return {}
     stmt = (
