@@ -128,7 +128,7 @@ class Settings:
         if self.log_format not in ("json", "text"):
             yield f"CERTCTL_LOG_FORMAT: '{self.log_format}' is not one of: json, text"
         if not 1 <= self.database_max_conns <= 1000:
-            raise SettingsError("CERTCTL_DATABASE_MAX_CONNS must be between 1 and 1000")
+            yield f"CERTCTL_DATABASE_MAX_CONNS: {self.database_max_conns} is not between 1 and 1000"
         if self.database_url is not None and not self.database_url.startswith(
             ("postgres://", "postgresql://", "postgresql+asyncpg://", "sqlite:///", "sqlite+aiosqlite:///")
         ):

@@ -43,6 +43,8 @@ BAD_VALUES: list[tuple[dict[str, str], str]] = [
     ({"CERTCTL_LOG_LEVEL": "loud"}, "CERTCTL_LOG_LEVEL"),
     ({"CERTCTL_LOG_FORMAT": "xml"}, "CERTCTL_LOG_FORMAT"),
     ({"CERTCTL_DATABASE_URL": "mysql://db/certctl"}, "CERTCTL_DATABASE_URL"),
+    ({"CERTCTL_DATABASE_MAX_CONNS": "0"}, "CERTCTL_DATABASE_MAX_CONNS"),
+    ({"CERTCTL_DATABASE_MAX_CONNS": "many"}, "CERTCTL_DATABASE_MAX_CONNS"),
     ({"CERTCTL_CORS_ORIGINS": "ui.example.com"}, "CERTCTL_CORS_ORIGINS"),
     ({"CERTCTL_CORS_ORIGINS": "https://ui.example.com/app"}, "CERTCTL_CORS_ORIGINS"),
     ({"CERTCTL_DEMO_SEED": "perhaps"}, "CERTCTL_DEMO_SEED"),
