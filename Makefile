@@ -1,12 +1,17 @@
-# certctl developer entry points. `make run` starts a working server; `make test` runs everything.
+# certctl developer entry points.
+#   make run    install into .venv and start the server on SQLite (HTTPS, generated TLS cert, printed admin key)
+#   make test   install everything (Python packages and the Debian packages the tests use), lint, run every test
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+JUNIT := $(VENV)/pytest-report.xml
+export PYTHON
 
-.PHONY: install run demo test lint typecheck system-deps bench clean
+.PHONY: install run demo test lint system-deps bench clean
 
 $(STAMP): pyproject.toml
+	.ci/system-deps.sh venv
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
@@ -20,18 +25,19 @@ run: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/certctl server --demo
 
-# Debian packages the tests use (openssl and curl for the real-client checks).
+# openssl, curl, PostgreSQL server and client, and a reachable test database; fails if any is still missing.
 system-deps:
-	@command -v openssl >/dev/null && command -v curl >/dev/null || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl curl)
+	.ci/system-deps.sh test
 
 lint: $(STAMP)
-	$(BIN)/ruff check certctl tests bench
+	$(BIN)/ruff check certctl tests bench .ci
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# Every test runs (no markers deselected); a run that collects nothing or skips anything fails.
 test: $(STAMP) system-deps lint
-	$(BIN)/pytest -q -n 2 -p no:cacheprovider
+	$(BIN)/pytest -q -n auto -p no:cacheprovider --junitxml=$(JUNIT) tests
+	$(BIN)/python .ci/no_skips.py $(JUNIT)
 
 bench: $(STAMP)
 	$(BIN)/python bench/cert_list.py
