@@ -230,6 +230,23 @@ def test_first_start_tls_reload_restart_and_clean_stop(sqlite_server: Server) ->
     status, _ = server.status_and_json("/api/v1/auth/check", key=key)
     assert status == 200
     assert server.stop() == 0
+
+    # Lost or exposed key: rotate it offline, restart; only the new key works.
+    rotated = subprocess.run(
+        [str(CERTCTL), "admin-key", "rotate", "--data-dir", str(server.data_dir)],
+        env=server.env, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert rotated.returncode == 0, rotated.stderr
+    new_key = printed_key(rotated.stdout)
+    assert new_key != key and key_file.read_text().strip() == new_key
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    server.start()
+    assert server.status_and_json("/api/v1/auth/check", key=key)[0] == 401
+    assert server.status_and_json("/api/v1/auth/check", key=new_key)[0] == 200
+    assert server.stop() == 0
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("SELECT count(*) FROM api_keys").fetchone()[0] == 1
+        assert conn.execute("SELECT count(*) FROM audit_events WHERE action = 'api_key_rotated'").fetchone()[0] == 1
     err = server.err(1).read_text()
     assert key not in err, "the admin key reached the log"
     assert all(line.startswith("{") for line in err.splitlines() if line and not line.startswith("certctl ")), (

@@ -242,6 +242,47 @@ def db_current(
         raise typer.Exit(1)
 
 
+admin_key_app = typer.Typer(help="The generated admin API key", no_args_is_help=True)
+app.add_typer(admin_key_app, name="admin-key")
+
+
+@admin_key_app.command("rotate")
+def admin_key_rotate(
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory (CERTCTL_DATA_DIR)")] = None,
+) -> None:
+    """Replace the admin key (lost or exposed): prints the new key once. Restart the server afterwards."""
+    from certctl.domain.clock import Clock
+    from certctl.pki.sealing import ConfigSealer, load_or_create_key_file
+    from certctl.services.admin_keys import rotate_admin_key
+    from certctl.services.context import ServiceContext
+    from certctl.store import migrate
+    from certctl.store.database import Database
+
+    settings = _settings(data_dir=data_dir)
+
+    async def run() -> str:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.effective_database_url)
+        try:
+            await migrate.upgrade(db)
+            passphrase = settings.config_encryption_key or load_or_create_key_file(settings.data_dir / "config.key")
+            ctx = ServiceContext(db=db, clock=Clock(), settings=settings, sealer=ConfigSealer(passphrase))
+            return await rotate_admin_key(ctx)
+        finally:
+            await db.dispose()
+
+    try:
+        key = asyncio.run(run())
+    except Exception as exc:
+        typer.echo(f"certctl: cannot rotate the admin key: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(
+        f"\n  New admin API key (shown once; stored only as a hash):\n\n    {key}\n\n"
+        f"  It is also in {settings.data_dir / 'admin.key'} (mode 0600).\n"
+        "  Restart the server: until then it accepts the old key and not this one.\n"
+    )
+
+
 @app.command()
 def version() -> None:
     """Print the version."""
