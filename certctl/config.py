@@ -179,7 +179,22 @@ class Settings:
             demo_seed=_bool(env, "CERTCTL_DEMO_SEED", False),
             extra={k: v for k, v in env.items() if k.startswith("CERTCTL_")},
         )
+        _check_service_variables(env)
         return settings.validated()
+
+
+def _check_service_variables(env: Mapping[str, str]) -> None:
+    """Variables that services read from `Settings.extra`, checked here so a bad one stops `certctl server`
+    with its name at start-up rather than failing inside a worker."""
+    if _int(env, "CERTCTL_CERT_EXPORT_RATE_LIMIT_PER_ACTOR_HR", 50) < 0:
+        raise SettingsError("CERTCTL_CERT_EXPORT_RATE_LIMIT_PER_ACTOR_HR: must be 0 (no limit) or more")
+    _bool(env, "CERTCTL_APPROVAL_BYPASS", False)
+    ca_cert, ca_key = env.get("CERTCTL_CA_CERT_PATH") or None, env.get("CERTCTL_CA_KEY_PATH") or None
+    if (ca_cert is None) != (ca_key is None):
+        raise SettingsError("CERTCTL_CA_CERT_PATH and CERTCTL_CA_KEY_PATH: must be set together")
+    for name, value in (("CERTCTL_CA_CERT_PATH", ca_cert), ("CERTCTL_CA_KEY_PATH", ca_key)):
+        if value is not None and not Path(value).is_file():
+            raise SettingsError(f"{name}: file '{value}' does not exist")
 
 
 def parse_named_keys(raw: str) -> tuple[NamedKey, ...]:
