@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
@@ -16,11 +17,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 from certctl.store import migrate
 from certctl.store.database import Database
 from certctl.store.schema import metadata
-from tests.conftest import _pg_admin, _pg_url
+from tests.conftest import Api, _pg_admin, _pg_url
 
 CERTCTL = Path(sys.executable).parent / "certctl"
 
@@ -171,3 +173,47 @@ def test_cli_db_upgrade_and_current(tmp_path: Path) -> None:
     after = certctl("db", "current")
     assert after.returncode == 0, after.stdout + after.stderr
     assert f"database revision: {migrate.head_revision()}" in after.stdout
+
+
+async def tool(*args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+    assert proc.returncode == 0, f"{args[0]}: {err.decode()}"
+    return out.decode()
+
+
+async def test_documented_backup_and_restore(api: Api, backend: str, database_url: str, tmp_path: Path) -> None:
+    """The commands of docs/operations.md, run against a live server's database, give back a working copy."""
+    team = (await api.admin.post("/api/v1/teams", json={"name": "backed-up"})).json()
+    await api.services.audit_sink.flush()
+
+    if backend == "sqlite":
+        copy = tmp_path / "restored.db"
+        live = database_url.removeprefix("sqlite:///")
+        await tool("sqlite3", live, f".backup '{copy}'")
+        assert (await tool("sqlite3", str(copy), "PRAGMA integrity_check")).strip() == "ok"
+        restored_url = f"sqlite:///{copy}"
+    else:
+        dump = tmp_path / "certctl.dump"
+        await tool("pg_dump", "-Fc", "-d", database_url, "-f", str(dump))
+        name = f"certctl_r_{uuid.uuid4().hex[:12]}"
+        await _pg_admin(f'CREATE DATABASE "{name}"')
+        restored_url = _pg_url(name)
+        await tool("pg_restore", "--no-owner", "--exit-on-error", "-d", restored_url, str(dump))
+
+    db = Database(restored_url)
+    try:
+        assert await migrate.current_revision(db) == migrate.head_revision()
+        async with db.read() as conn:
+            assert await conn.scalar(text("SELECT name FROM teams WHERE id = :id"), {"id": team["id"]}) == "backed-up"
+            actions = set((await conn.execute(text("SELECT action FROM audit_events"))).scalars())
+        assert {"team_created", "api_post"} <= actions
+        with pytest.raises(DBAPIError, match="append-only"):
+            async with db.engine.begin() as conn:
+                await conn.execute(text("DELETE FROM audit_events"))
+    finally:
+        await db.dispose()
+        if backend == "postgresql":
+            await _pg_admin(f'DROP DATABASE IF EXISTS "{restored_url.rsplit("/", 1)[1]}" WITH (FORCE)')
