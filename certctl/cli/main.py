@@ -143,14 +143,10 @@ def server(
         loop="uvloop",
         http="httptools",
     )
-    typer.echo(
-        f"certctl {__version__} listening on https://{settings.host}:{settings.port}"
-        + (f" with {settings.workers} workers" if multi else ""),
-        err=True,
-    )
     if multi:
-        _serve_workers(config)
+        _serve_workers(config, settings)
     else:
+        typer.echo(f"certctl {__version__} listening on https://{settings.host}:{settings.port}", err=True)
         _serve_single(config, cert, key)
 
 
@@ -176,12 +172,16 @@ def _serve_single(config: uvicorn.Config, cert: Path, key: Path) -> None:
         raise typer.Exit(3)
 
 
-def _serve_workers(config: uvicorn.Config) -> None:
+def _serve_workers(config: uvicorn.Config, settings: Settings) -> None:
     # uvicorn's supervisor: SIGHUP replaces each worker (the new ones load the certificate afresh),
     # SIGTERM stops them all gracefully.
     from uvicorn.supervisors import Multiprocess
 
-    sock = config.bind_socket()
+    sock = config.bind_socket()  # exits with status 3 when the port is taken
+    typer.echo(
+        f"certctl {__version__} listening on https://{settings.host}:{settings.port} with {settings.workers} workers",
+        err=True,
+    )
     Multiprocess(config, sockets=[sock]).run()
 
 
