@@ -117,9 +117,9 @@ class _Statement:
 
     def column(self, name: str) -> str:
         if name == "target_ids":
-            return self.targets_column()
+            return f"{self.targets_column()} AS target_ids"
         if name in _JSON_COLUMNS and self.pg:
-            return f"c.{name}::text"
+            return f"c.{name}::text AS {name}"
         return f"c.{name}"
 
 
@@ -177,10 +177,14 @@ def _converter(name: str, pg: bool, raw_json: bool) -> Callable[[Any], Any] | No
     if name in _JSON_COLUMNS or (name == "target_ids" and not pg):
         return orjson.Fragment if raw_json else orjson.loads
     if name == "status":
-        return lambda v: _STATUS.get(v) or CertificateStatus.parse(v).value
+        return _status
     if name in _DATETIME_COLUMNS and not pg:
         return _sqlite_time
     return None
+
+
+def _status(value: str) -> str:
+    return _STATUS.get(value) or CertificateStatus.parse(value).value
 
 
 def _sqlite_time(value: str | None) -> datetime | None:
@@ -223,13 +227,17 @@ async def _select(
     if offset:
         sql += f" OFFSET {stmt.bind(offset)}"
     records = await _fetch(conn, sql, stmt.params)
-    converters = [(i, n, _converter(n, stmt.pg, raw_json)) for i, n in enumerate(wanted)]
+    # Only the columns that need it are touched; the rest go from the driver's row as they are.
+    converters = [(n, c) for n in wanted if (c := _converter(n, stmt.pg, raw_json)) is not None]
     items = []
     for record in records:
-        item = {}
-        for i, name, convert in converters:
-            value = record[i]
-            item[name] = convert(value) if convert is not None and value is not None else value
+        item = dict(record) if stmt.pg else dict(zip(names, record, strict=True))
+        for name, convert in converters:
+            value = item[name]
+            if value is not None:
+                item[name] = convert(value)
+        for name in key_columns:
+            del item[name]
         items.append(item)
     return items, records, names
 

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from certctl.domain.enums import CertificateStatus
 from certctl.domain.models.common import InputModel, WireModel
@@ -157,6 +157,29 @@ class CertificateUpdate(InputModel):
 
 
 NULLABLE_UPDATE_FIELDS = frozenset({"certificate_profile_id"})
+
+
+class CertificateListParams(BaseModel):
+    """Query parameters of `GET /certificates`, validated in one pass. Unknown parameters are
+    ignored (cache busters and the like), as the reference does."""
+
+    status: str | None = None
+    environment: str | None = None
+    owner_id: str | None = None
+    team_id: str | None = None
+    issuer_id: str | None = None
+    agent_id: str | None = None
+    profile_id: str | None = None
+    expires_before: datetime | None = None
+    expires_after: datetime | None = None
+    created_after: datetime | None = None
+    updated_after: datetime | None = None
+    sort: str | None = None
+    fields: str | None = None
+    page: int | None = Field(default=None, ge=1, le=1_000_000)
+    per_page: int | None = Field(default=None, ge=1, le=500)
+    cursor: str | None = Field(default=None, max_length=2048)
+    page_size: int | None = Field(default=None, ge=1, le=500)
 
 
 class CertificateList(WireModel):

@@ -309,10 +309,13 @@ def upgrade() -> None:
         batch_op.create_index("ix_certs_expires", ["expires_at", "id"], unique=False)
         batch_op.create_index("ix_certs_issuer", ["issuer_id", "created_at", "id"], unique=False)
         batch_op.create_index("ix_certs_owner", ["owner_id", "created_at", "id"], unique=False)
+        batch_op.create_index("ix_certs_owner_expires", ["owner_id", "expires_at", "id"], unique=False)
         batch_op.create_index("ix_certs_policy", ["renewal_policy_id"], unique=False)
         batch_op.create_index("ix_certs_profile", ["certificate_profile_id", "created_at", "id"], unique=False)
         batch_op.create_index("ix_certs_status_created", ["status", "created_at", "id"], unique=False)
+        batch_op.create_index("ix_certs_status_expires", ["status", "expires_at", "id"], unique=False)
         batch_op.create_index("ix_certs_team", ["team_id", "created_at", "id"], unique=False)
+        batch_op.create_index("ix_certs_team_expires", ["team_id", "expires_at", "id"], unique=False)
         batch_op.create_index("ix_certs_updated", ["updated_at", "id"], unique=False)
 
     op.create_table(
@@ -572,7 +575,10 @@ def downgrade() -> None:
     op.drop_table("certificate_target_mappings")
     with op.batch_alter_table("managed_certificates", schema=None) as batch_op:
         batch_op.drop_index("ix_certs_updated")
+        batch_op.drop_index("ix_certs_team_expires")
         batch_op.drop_index("ix_certs_team")
+        batch_op.drop_index("ix_certs_status_expires")
+        batch_op.drop_index("ix_certs_owner_expires")
         batch_op.drop_index("ix_certs_status_created")
         batch_op.drop_index("ix_certs_profile")
         batch_op.drop_index("ix_certs_policy")
