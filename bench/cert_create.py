@@ -33,6 +33,7 @@ if __package__ in (None, ""):  # run as `python bench/cert_create.py`
 from bench.common import (
     BENCH_DB,
     BENCH_KEY,
+    PostgresCpu,
     Server,
     build_request,
     cpu_seconds,
@@ -71,14 +72,17 @@ def create_mix(run: str, owners: list[tuple[str, str]]) -> Any:
 
 
 async def measure(
-    server: Server, run: str, rate: float, duration: float, owners: list[tuple[str, str]]
+    server: Server, run: str, rate: float, duration: float, owners: list[tuple[str, str]], database: str
 ) -> dict[str, Any]:
     pids = server.pids()
     cpu0 = cpu_seconds(pids)
+    pg = PostgresCpu(database)
     report = await open_loop(f"POST {rate:g} req/s", port=server.port, rate=rate, duration=duration,
                              make_request=create_mix(run, owners))
     summary = report.summary()
-    summary["server_cpu_ms_per_req"] = round(1000 * (cpu_seconds(pids) - cpu0) / max(summary["requests"], 1), 3)
+    done = max(summary["requests"], 1)
+    summary["server_cpu_ms_per_req"] = round(1000 * (cpu_seconds(pids) - cpu0) / done, 3)
+    summary["postgres_cpu_ms_per_req"] = round(1000 * pg.used() / done, 3)
     summary["rate_limited_429"] = report.statuses.get(429, 0)
     return summary
 
@@ -91,6 +95,7 @@ async def main() -> None:
     parser.add_argument("--rates", default="100,200")
     parser.add_argument("--user-rps", type=float, default=1000.0)
     parser.add_argument("--knee", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="py-spy the busiest worker at the first rate")
     parser.add_argument("--port", type=int, default=18445)
     args = parser.parse_args()
 
@@ -114,16 +119,25 @@ async def main() -> None:
     try:
         with running_server(url, port=args.port, workers=args.workers, rate_limit=True,
                             user_rps=args.user_rps, user_burst=int(args.user_rps)) as server:
-            await measure(server, run + "w", 50, 3, owners)  # warm pools and caches
-            for rate in rates:
-                summary = await measure(server, f"{run}r{rate:g}", rate, args.duration, owners)
+            await measure(server, run + "w", 50, 3, owners, args.database)  # warm pools and caches
+            for index, rate in enumerate(rates):
+                profiling = None
+                if args.profile and index == 0:
+                    from bench.cert_list import py_spy
+
+                    worker = server.busiest_worker()
+                    profiling = asyncio.create_task(asyncio.to_thread(py_spy, worker, max(5, args.duration // 2)))
+                summary = await measure(server, f"{run}r{rate:g}", rate, args.duration, owners, args.database)
+                if profiling is not None:
+                    summary["profile"] = await profiling
                 created_ok += summary["ok"]
                 results[f"{rate:g}"] = summary
                 print_json(f"POST /api/v1/certificates at {rate:g} req/s", summary)
             if args.knee:
                 rate = max(rates) + 100
                 while rate <= 1500:
-                    summary = await measure(server, f"{run}k{rate:g}", rate, min(args.duration, 15), owners)
+                    summary = await measure(server, f"{run}k{rate:g}", rate, min(args.duration, 15), owners,
+                                            args.database)
                     created_ok += summary["ok"]
                     print_json(f"knee search: {rate:g} req/s", summary)
                     if summary["p99_ms"] > 100 or summary["errors"]:

@@ -108,6 +108,7 @@ def running_server(
     user_rps: float = 1e9,
     user_burst: int = 1_000_000_000,
     demo: bool = False,
+    db_conns: int = 8,
     extra_env: dict[str, str] | None = None,
 ) -> Iterator[Server]:
     """Start `certctl server` (HTTPS, the given database) and stop it by pid on exit."""
@@ -126,6 +127,9 @@ def running_server(
         "CERTCTL_RATE_LIMIT_PER_USER_RPS": str(user_rps),
         "CERTCTL_RATE_LIMIT_PER_USER_BURST": str(user_burst),
         "CERTCTL_LOG_LEVEL": "warning",
+        # Per worker (the pool may double under bursts): more connections than cores only queue
+        # in PostgreSQL, and workers x 2 x 20 (the default) can exceed max_connections=100.
+        "CERTCTL_DATABASE_MAX_CONNS": str(db_conns),
         **(extra_env or {}),
     }
     args = [*certctl_command(), "server"] + (["--demo"] if demo else [])
@@ -224,16 +228,30 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / ticks
 
 
-def postgres_pids() -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if Path(f"/proc/{entry}/comm").read_text().strip() in ("postgres", "postmaster"):
-                    pids.append(int(entry))
-            except (FileNotFoundError, PermissionError):
+class PostgresCpu:
+    """CPU used by the PostgreSQL backends serving one database (found by their process title),
+    counted per backend so connections that come and go from other work do not skew the sum."""
+
+    def __init__(self, database: str) -> None:
+        self.marker = f" {database} "
+        self.start = self._snapshot()
+
+    def _snapshot(self) -> dict[int, float]:
+        found: dict[int, float] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
                 continue
-    return pids
+            try:
+                title = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except (FileNotFoundError, PermissionError, ProcessLookupError):
+                continue
+            if title.startswith("postgres:") and self.marker in title:
+                found[int(entry)] = cpu_seconds([int(entry)])
+        return found
+
+    def used(self) -> float:
+        """Seconds since construction (backends that exited meanwhile are not counted)."""
+        return sum(cpu - self.start.get(pid, 0.0) for pid, cpu in self._snapshot().items())
 
 
 # --- statistics -----------------------------------------------------------------------------------
@@ -409,7 +427,11 @@ def print_json(title: str, payload: dict[str, Any]) -> None:
 
 
 def machine() -> dict[str, Any]:
-    return {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    load = [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    info: dict[str, Any] = {"cpus": os.cpu_count(), "python": sys.version.split()[0], "loadavg": load}
+    if load[0] > (os.cpu_count() or 1):
+        info["warning"] = "the machine is busy with other work: absolute figures will be low; CPU per request holds"
+    return info
 
 
 def rng(seed: int = 7) -> random.Random:
