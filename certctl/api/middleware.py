@@ -2,7 +2,8 @@
 
 RequestContext (request id, security headers, access log, last-resort 500)
 → BodyLimit (413) → CORS (deny by default) → Auth (who is calling; 401)
-→ RateLimit (per key, per IP when unauthenticated; 429) → Audit (every authenticated call).
+→ RateLimit (per key, per IP when unauthenticated; 429) → Audit (every authenticated call)
+→ InputSanity (400 for NUL / unpaired surrogates, which the back ends would store differently).
 
 Unlike the reference, security headers are sent on every response, rate limited or not.
 """
