@@ -304,3 +304,61 @@ async def test_query_count_does_not_grow_with_the_page(api: Api, monkeypatch: py
     assert await cost(page_size=5) == await cost(page_size=50) == 1
     assert await cost(page_size=50, fields="id,name") == 1
     assert await cost(f"{CERTS}/c-001") == 1, "one certificate with its targets is one statement"
+
+
+async def test_big_totals_are_cached_briefly_and_cleared_by_writes(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    from certctl.services import certificates as service_module
+
+    monkeypatch.setattr(service_module, "COUNT_CACHE_MIN", 5)
+    data = await seed(api, 7)
+
+    async def total() -> int:
+        response = await api.admin.get(CERTS, params={"per_page": 2})
+        assert response.status_code == 200
+        return int(response.json()["total"])
+
+    assert await total() == 7
+    extra = {**data["certs"][0], "id": "c-extra", "name": "extra"}
+    async with api.services.ctx.db.transaction() as conn:  # behind the service's back: not seen yet
+        await rows.insert_row(conn, schema.managed_certificates, extra)
+    assert await total() == 7, "a big total may be a moment old"
+    await factories.certificate(api.admin, team_id=data["teams"][0]["id"], owner_id=data["owners"][0]["id"])
+    assert await total() == 9, "a write through the service clears the cached totals"
+    monkeypatch.setattr(service_module, "COUNT_CACHE_SECONDS", 0.0)
+    async with api.services.ctx.db.transaction() as conn:
+        await rows.delete_row(conn, schema.managed_certificates, "c-extra")
+    assert await total() == 9  # the entry made before the change of TTL is still fresh
+    api.services.certificates._count_cache.clear()
+    assert await total() == 8
+    assert await total() == 8
+
+
+async def test_an_expired_total_is_recounted_once_not_by_every_request(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from certctl.services import certificates as service_module
+    from certctl.store.certificates_repo import CertificateFilter
+
+    service = api.services.certificates
+    flt = CertificateFilter(status="Active")
+    service._count_cache[flt.key()] = service_module._CachedCount(expires=0.0, total=123_456)
+    release = asyncio.Event()
+    calls: list[int] = []
+
+    async def slow_count(conn: Any, flt: Any) -> int:
+        calls.append(1)
+        await release.wait()
+        return 200_000
+
+    monkeypatch.setattr(certificates_repo, "count", slow_count)
+    async with api.services.ctx.db.read() as conn:
+        first = asyncio.ensure_future(service._count(conn, flt))
+        await asyncio.sleep(0)
+        assert await service._count(conn, flt) == 123_456, "others get the previous figure meanwhile"
+        release.set()
+        assert await first == 200_000
+    assert len(calls) == 1
+    async with api.services.ctx.db.read() as conn:
+        assert await service._count(conn, flt) == 200_000

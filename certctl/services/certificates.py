@@ -85,6 +85,13 @@ class CertificateListing:
 
 
 @dataclass
+class _CachedCount:
+    expires: float
+    total: int
+    refreshing: bool = False
+
+
+@dataclass
 class ListQuery:
     flt: CertificateFilter = field(default_factory=CertificateFilter)
     sort: str | None = None
@@ -95,7 +102,7 @@ class CertificateService:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
         self.export_limit = _export_limit(ctx.settings.extra)
-        self._count_cache: dict[tuple[Any, ...], tuple[float, int]] = {}
+        self._count_cache: dict[tuple[Any, ...], _CachedCount] = {}
         self._cursor_key: bytes | None = None
 
     # ---- reads ------------------------------------------------------------------------------
@@ -283,16 +290,27 @@ class CertificateService:
 
     # ---- helpers ------------------------------------------------------------------------------
     async def _count(self, conn: AsyncConnection, flt: CertificateFilter) -> int:
+        """Exact below COUNT_CACHE_MIN. Above it, at most COUNT_CACHE_SECONDS old, and recomputed
+        by one request at a time: the others meanwhile get the previous figure (no stampede of
+        identical full counts when the entry expires under load)."""
         key = flt.key()
-        cached = self._count_cache.get(key)
+        entry = self._count_cache.get(key)
         now = time.monotonic()
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        total = await repo.count(conn, flt)
+        if entry is not None and (entry.expires > now or entry.refreshing):
+            return entry.total
+        if entry is not None:
+            entry.refreshing = True
+        try:
+            total = await repo.count(conn, flt)
+        finally:
+            if entry is not None:
+                entry.refreshing = False
         if total >= COUNT_CACHE_MIN:
             if len(self._count_cache) > 1024:
                 self._count_cache.clear()
-            self._count_cache[key] = (now + COUNT_CACHE_SECONDS, total)
+            self._count_cache[key] = _CachedCount(time.monotonic() + COUNT_CACHE_SECONDS, total)
+        else:
+            self._count_cache.pop(key, None)
         return total
 
     def _writes_happened(self) -> None:
