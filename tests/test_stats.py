@@ -31,13 +31,14 @@ async def insert(api: Api, table: Any, values: list[dict[str, Any]]) -> None:
         await rows.insert_many(conn, table, values)
 
 
-async def seed_certs(api: Api, specs: list[tuple[str, datetime | None]]) -> list[str]:
+async def seed_certs(api: Api, specs: list[tuple[str, datetime | None]], prefix: str = "s") -> list[str]:
     team = await factories.team(api.admin)
     owner = await factories.owner(api.admin, team_id=team["id"])
     made = []
     for i, (status, expires) in enumerate(specs):
         made.append({
-            "id": f"s-{i}", "name": f"s-{i}", "common_name": f"s{i}.example.com", "sans": [], "environment": "",
+            "id": f"{prefix}-{i}", "name": f"{prefix}-{i}", "common_name": f"s{i}.example.com", "sans": [],
+            "environment": "",
             "owner_id": owner["id"], "team_id": team["id"], "issuer_id": "iss-local",
             "renewal_policy_id": "rp-default", "status": status, "expires_at": expires, "tags": {}, "source": "",
             "created_at": NOW - timedelta(days=40), "updated_at": NOW - timedelta(days=40),
@@ -190,3 +191,19 @@ async def test_issuance_rate_counts_issued_versions(clocked: Api) -> None:
     ]}
     default = (await api.user.get("/api/v1/stats/issuance-rate")).json()["rate"]
     assert len(default) == 30 and sum(p["count"] for p in default) == 4
+
+
+async def test_big_figures_are_reused_briefly(clocked: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    from certctl.services import stats as stats_module
+
+    api = clocked
+    monkeypatch.setattr(stats_module, "BIG_ROWS", 3)
+    await seed_certs(api, [("Active", None), ("Active", None)])
+    assert (await api.user.get("/api/v1/stats/summary")).json()["total_certificates"] == 2  # small: live
+    await seed_certs(api, [("Active", None)], prefix="b")
+    assert (await api.user.get("/api/v1/stats/summary")).json()["total_certificates"] == 3  # big: kept
+    await seed_certs(api, [("Active", None)], prefix="c")
+    assert (await api.user.get("/api/v1/stats/summary")).json()["total_certificates"] == 3, "reused"
+    monkeypatch.setattr(stats_module, "REUSE_SECONDS", 0.0)
+    api.services.stats._memo.clear()
+    assert (await api.user.get("/api/v1/stats/summary")).json()["total_certificates"] == 4

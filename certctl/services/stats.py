@@ -3,7 +3,12 @@ that days without events still appear (with zero) in the order a chart draws the
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, time, timedelta
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as clock_time
+from typing import Any, TypeVar, cast
 
 from certctl.domain.enums import NON_TERMINAL_JOB_STATUSES, CertificateStatus, JobStatus
 from certctl.domain.models.stats import (
@@ -25,11 +30,75 @@ AGENT_ACTIVE_WINDOW = timedelta(minutes=5)
 _STATUS_ORDER = {status.value: i for i, status in enumerate(CertificateStatus)}
 
 
+# Figures over a large inventory (at least BIG_ROWS rows counted) are reused for a few seconds, so
+# a wall of dashboards does not rescan a million rows per refresh; small figures are always live.
+BIG_ROWS = 10_000
+REUSE_SECONDS = 5.0
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Memo:
+    value: Any
+    expires: float
+    refreshing: bool = False
+
+
 class StatsService:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
+        self._memo: dict[tuple[Any, ...], _Memo] = {}
+
+    async def _remember(
+        self, key: tuple[Any, ...], compute: Callable[[], Awaitable[T]], rows: Callable[[T], int]
+    ) -> T:
+        """`compute()`, or its recent result when it counted many rows; one caller recomputes an
+        expired entry while the others get the previous result."""
+        entry = self._memo.get(key)
+        if entry is not None and (entry.expires > time.monotonic() or entry.refreshing):
+            return cast(T, entry.value)
+        if entry is not None:
+            entry.refreshing = True
+        try:
+            value = await compute()
+        finally:
+            if entry is not None:
+                entry.refreshing = False
+        if rows(value) >= BIG_ROWS:
+            self._memo[key] = _Memo(value, time.monotonic() + REUSE_SECONDS)
+        else:
+            self._memo.pop(key, None)
+        return value
 
     async def summary(self) -> DashboardSummary:
+        return await self._remember(
+            ("summary",), self._summary,
+            lambda s: s.total_certificates + s.pending_jobs + s.failed_jobs + s.complete_jobs,
+        )
+
+    async def certificates_by_status(self) -> CertificatesByStatus:
+        return await self._remember(
+            ("by_status",), self._certificates_by_status, lambda r: sum(c.count for c in r.status_counts)
+        )
+
+    async def expiration_timeline(self, days: int) -> ExpirationTimeline:
+        return await self._remember(
+            ("timeline", days), lambda: self._expiration_timeline(days), lambda r: sum(b.count for b in r.buckets)
+        )
+
+    async def job_trends(self, days: int) -> JobTrends:
+        return await self._remember(
+            ("job_trends", days), lambda: self._job_trends(days),
+            lambda r: sum(p.completed + p.failed for p in r.trends),
+        )
+
+    async def issuance_rate(self, days: int) -> IssuanceRate:
+        return await self._remember(
+            ("issuance", days), lambda: self._issuance_rate(days), lambda r: sum(p.count for p in r.rate)
+        )
+
+    async def _summary(self) -> DashboardSummary:
         now = self.ctx.clock.now()
         async with self.ctx.db.read() as conn:
             certs = await stats_repo.certificate_summary(
@@ -58,7 +127,7 @@ class StatsService:
             completed_at=now,
         )
 
-    async def certificates_by_status(self) -> CertificatesByStatus:
+    async def _certificates_by_status(self) -> CertificatesByStatus:
         async with self.ctx.db.read() as conn:
             raw = await stats_repo.certificates_by_status(conn)
         merged: dict[str, int] = {}
@@ -72,7 +141,7 @@ class StatsService:
         ordered = sorted(merged.items(), key=lambda item: (_STATUS_ORDER.get(item[0], len(_STATUS_ORDER)), item[0]))
         return CertificatesByStatus(status_counts=[StatusCount(status=s, count=n) for s, n in ordered])
 
-    async def expiration_timeline(self, days: int) -> ExpirationTimeline:
+    async def _expiration_timeline(self, days: int) -> ExpirationTimeline:
         """Certificates (not archived or revoked) expiring from now to the end of the `days`-th day."""
         now = self.ctx.clock.now()
         today = now.astimezone(UTC).date()
@@ -86,7 +155,7 @@ class StatsService:
             ExpirationBucket(date=d, count=counts.get(d, 0)) for d in _days(today, days, forward=True)
         ])
 
-    async def job_trends(self, days: int) -> JobTrends:
+    async def _job_trends(self, days: int) -> JobTrends:
         """Completed and failed jobs per day over the last `days` days (today included)."""
         today = self.ctx.clock.now().astimezone(UTC).date()
         since = _midnight(today - timedelta(days=days - 1))
@@ -105,7 +174,7 @@ class StatsService:
             ))
         return JobTrends(trends=points)
 
-    async def issuance_rate(self, days: int) -> IssuanceRate:
+    async def _issuance_rate(self, days: int) -> IssuanceRate:
         """Certificate versions issued per day over the last `days` days (today included)."""
         today = self.ctx.clock.now().astimezone(UTC).date()
         since = _midnight(today - timedelta(days=days - 1))
@@ -118,7 +187,7 @@ class StatsService:
 
 
 def _midnight(day: date) -> datetime:
-    return datetime.combine(day, time.min, tzinfo=UTC)
+    return datetime.combine(day, clock_time.min, tzinfo=UTC)
 
 
 def _days(today: date, days: int, *, forward: bool) -> list[str]:

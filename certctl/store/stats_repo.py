@@ -9,16 +9,17 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, literal, select
+from sqlalchemy import ColumnElement, Date, and_, case, cast, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from certctl.store.schema import agents, certificate_versions, jobs, managed_certificates, notification_events
 
 
-def _day(conn: AsyncConnection, column: Any) -> ColumnElement[str]:
-    """`YYYY-MM-DD` of a UTC timestamp column."""
+def _day(conn: AsyncConnection, column: Any) -> ColumnElement[Any]:
+    """The UTC calendar day of a timestamp column (a date, or `YYYY-MM-DD` text on SQLite)."""
     if conn.dialect.name == "postgresql":
-        return func.to_char(func.timezone("UTC", column), "YYYY-MM-DD")
+        # A cast to date is several times cheaper than to_char over a million rows; str(date) is ISO.
+        return cast(func.timezone("UTC", column), Date)
     # SQLite keeps naive-UTC ISO text ("YYYY-MM-DD HH:MM:SS.ffffff"); the day is its first 10 characters.
     return func.substr(column, 1, 10)
 
