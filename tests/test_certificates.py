@@ -339,6 +339,9 @@ async def test_deployments_lists_deployment_jobs_newest_first(api: Api) -> None:
     assert [j["id"] for j in listed["data"]] == ["job-h1-2", "job-h1-0"]
     assert listed["data"][0]["type"] == "Deployment" and listed["data"][0]["target_id"] == target
     assert (await api.admin.get(f"{CERTS}/nope/deployments")).status_code == 404
+    assert (await api.anon.get(f"{CERTS}/{cert['id']}/deployments")).status_code == 401
+    paged = (await api.admin.get(f"{CERTS}/{cert['id']}/deployments", params={"per_page": 1, "page": 2})).json()
+    assert paged["total"] == 2 and [j["id"] for j in paged["data"]] == ["job-h1-0"]
 
 
 # ---- exports ------------------------------------------------------------------------------------
