@@ -111,3 +111,11 @@ async def test_profile_auth(api: Api) -> None:
     assert (await api.anon.post("/api/v1/profiles", json={"name": "x"})).status_code == 401
     # Not admin-gated in the contract: any authenticated key may manage profiles.
     assert (await api.user.post("/api/v1/profiles", json={"name": "x"})).status_code == 201
+
+
+async def test_profile_long_max_ttl_fits_on_both_back_ends(api: Api) -> None:
+    # 3e9 s is past a 32-bit column; both back ends must store it (PostgreSQL once refused it).
+    response = await api.admin.post("/api/v1/profiles", json={"name": "decades", "max_ttl_seconds": 3_000_000_000})
+    assert response.status_code == 201, response.text
+    fetched = await api.admin.get(f"/api/v1/profiles/{response.json()['id']}")
+    assert fetched.json()["max_ttl_seconds"] == 3_000_000_000

@@ -7,6 +7,7 @@ database; this module must describe the same thing (a test compares them).
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     ForeignKey,
@@ -62,7 +63,7 @@ certificate_profiles = Table(
     Column("name", Text, nullable=False, unique=True),
     Column("description", Text, nullable=False, server_default=""),
     Column("allowed_key_algorithms", JSONType, nullable=False),
-    Column("max_ttl_seconds", Integer, nullable=False, server_default="0"),
+    Column("max_ttl_seconds", BigInteger, nullable=False, server_default="0"),
     Column("allowed_ekus", JSONType, nullable=False),
     Column("required_san_patterns", JSONType, nullable=False),
     Column("spiffe_uri_pattern", Text, nullable=False, server_default=""),

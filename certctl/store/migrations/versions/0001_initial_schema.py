@@ -96,7 +96,7 @@ def upgrade() -> None:
         sa.Column("name", sa.Text(), nullable=False),
         sa.Column("description", sa.Text(), server_default="", nullable=False),
         sa.Column("allowed_key_algorithms", JSONType, nullable=False),
-        sa.Column("max_ttl_seconds", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("max_ttl_seconds", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("allowed_ekus", JSONType, nullable=False),
         sa.Column("required_san_patterns", JSONType, nullable=False),
         sa.Column("spiffe_uri_pattern", sa.Text(), server_default="", nullable=False),
