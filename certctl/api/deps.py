@@ -1,4 +1,8 @@
-"""Request dependencies: the service container, the calling actor, paging."""
+"""Request dependencies: the service container, the calling actor, paging.
+
+All are `async def`: FastAPI runs a plain `def` dependency in its thread pool, which costs
+about a quarter of a millisecond per request for work that never blocks.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,12 @@ from certctl.domain.models.common import PageParams
 from certctl.services.container import Services
 
 
-def get_services(request: Request) -> Services:
+def services_of(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
 
-def get_actor(request: Request) -> Actor:
+def actor_of(request: Request) -> Actor:
     # Set by AuthMiddleware in the ASGI scope's state.
     actor: Actor | None = request.scope.get("state", {}).get("actor")
     if actor is None:
@@ -25,13 +29,21 @@ def get_actor(request: Request) -> Actor:
     return actor
 
 
-def require_admin(actor: Annotated[Actor, Depends(get_actor)]) -> Actor:
+async def get_services(request: Request) -> Services:
+    return services_of(request)
+
+
+async def get_actor(request: Request) -> Actor:
+    return actor_of(request)
+
+
+async def require_admin(actor: Annotated[Actor, Depends(get_actor)]) -> Actor:
     if not actor.admin:
         raise ForbiddenError("this operation requires an admin API key")
     return actor
 
 
-def get_page(
+async def get_page(
     page: Annotated[int, Query(ge=1, le=1_000_000)] = 1,
     per_page: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> PageParams:

@@ -6,17 +6,16 @@ The list is the hottest read of the API, so it is encoded straight to JSON bytes
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
 import pydantic
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 
-from certctl.api.deps import PageDep, get_actor, get_services
+from certctl.api.deps import ActorDep, PageDep, ServicesDep, services_of
 from certctl.api.errors import error_response
-from certctl.domain.actor import Actor
 from certctl.domain.enums import CertificateStatus
 from certctl.domain.errors import RateLimitedError, ValidationError
 from certctl.domain.models.certificates import (
@@ -32,7 +31,6 @@ from certctl.domain.models.certificates import (
 )
 from certctl.domain.models.common import Page, PageParams
 from certctl.services.certificates import CertificateFilter, CertificateListing, ListQuery
-from certctl.services.container import Services
 
 router = APIRouter(prefix="/api/v1/certificates", tags=["Certificates"])
 
@@ -51,19 +49,6 @@ stays fast at any depth and works with every sort and filter."""
 def _json(body: object, status_code: int = 200) -> Response:
     return Response(orjson.dumps(body, option=_JSON_OPTIONS), status_code=status_code,
                     media_type="application/json")
-
-
-async def _services(request: Request) -> Services:
-    # async, so FastAPI calls it inline instead of hopping to its thread pool on every request
-    return get_services(request)
-
-
-async def _actor(request: Request) -> Actor:
-    return get_actor(request)
-
-
-Svc = Annotated[Services, Depends(_services)]
-Caller = Annotated[Actor, Depends(_actor)]
 
 
 def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
@@ -86,7 +71,7 @@ async def list_certificates(request: Request) -> Response:
         params = CertificateListParams.model_validate(dict(request.query_params))
     except pydantic.ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
-    services = get_services(request)
+    services = services_of(request)
     status = params.status
     if status is not None:
         try:
@@ -115,36 +100,36 @@ async def list_certificates(request: Request) -> Response:
 
 
 @router.post("", status_code=201, summary="Create certificate")
-async def create_certificate(body: CertificateCreate, services: Svc, actor: Caller) -> ManagedCertificate:
+async def create_certificate(body: CertificateCreate, services: ServicesDep, actor: ActorDep) -> ManagedCertificate:
     return await services.certificates.create(actor, body)
 
 
 @router.get("/{id}", summary="Get certificate")
-async def get_certificate(id: str, services: Svc) -> ManagedCertificate:
+async def get_certificate(id: str, services: ServicesDep) -> ManagedCertificate:
     return await services.certificates.get(id)
 
 
 @router.put("/{id}", summary="Update certificate (partial; status is changed by renew/revoke/archive)")
 async def update_certificate(
-    id: str, body: CertificateUpdate, services: Svc, actor: Caller
+    id: str, body: CertificateUpdate, services: ServicesDep, actor: ActorDep
 ) -> ManagedCertificate:
     return await services.certificates.update(actor, id, body)
 
 
 @router.delete("/{id}", status_code=204, summary="Archive certificate")
-async def archive_certificate(id: str, services: Svc, actor: Caller) -> Response:
+async def archive_certificate(id: str, services: ServicesDep, actor: ActorDep) -> Response:
     await services.certificates.archive(actor, id)
     return Response(status_code=204)
 
 
 @router.get("/{id}/versions", summary="List certificate versions (newest first)")
-async def list_versions(id: str, services: Svc, page: PageDep) -> Page[CertificateVersion]:
+async def list_versions(id: str, services: ServicesDep, page: PageDep) -> Page[CertificateVersion]:
     items, total = await services.certificates.versions(id, page)
     return Page[CertificateVersion](data=items, total=total, page=page.page, per_page=page.per_page)
 
 
 @router.get("/{id}/deployments", summary="List the certificate's deployment jobs (newest first)")
-async def list_deployments(id: str, services: Svc, page: PageDep) -> Page[CertificateDeployment]:
+async def list_deployments(id: str, services: ServicesDep, page: PageDep) -> Page[CertificateDeployment]:
     items, total = await services.certificates.deployments(id, page)
     return Page[CertificateDeployment](data=items, total=total, page=page.page, per_page=page.per_page)
 
@@ -161,7 +146,7 @@ def _rate_limited(exc: RateLimitedError) -> Response:
     responses={200: {"content": {"application/x-pem-file": {}}}, 429: {"description": "export limit reached"}},
 )
 async def export_pem(
-    id: str, services: Svc, actor: Caller, download: bool = False
+    id: str, services: ServicesDep, actor: ActorDep, download: bool = False
 ) -> Response:
     try:
         exported = await services.certificates.export_pem(actor, id)
@@ -181,7 +166,7 @@ async def export_pem(
     summary="Export certificate and chain as a PKCS#12 trust store (AES-256, no private key)",
     responses={200: {"content": {"application/x-pkcs12": {}}}, 429: {"description": "export limit reached"}},
 )
-async def export_pkcs12(id: str, body: Pkcs12ExportRequest, services: Svc, actor: Caller) -> Response:
+async def export_pkcs12(id: str, body: Pkcs12ExportRequest, services: ServicesDep, actor: ActorDep) -> Response:
     try:
         bundle = await services.certificates.export_pkcs12(actor, id, body.password)
     except RateLimitedError as exc:
