@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import orjson
 from sqlalchemy import event, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -42,6 +43,8 @@ class Database:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False)
         elif ":memory:" in self.url:
             kwargs.update(poolclass=NullPool)
+        # orjson: several times faster than the stdlib for JSON columns, and it knows datetimes.
+        kwargs.update(json_serializer=_json_dumps, json_deserializer=orjson.loads)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_on_connect)
@@ -74,6 +77,10 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def _json_dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
