@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from certctl.domain.clock import FakeClock
-from certctl.store import rows
-from certctl.store.schema import agents, deployment_targets, jobs
+from certctl.store import rows, schema
+from certctl.store.schema import agents, deployment_targets, jobs, managed_certificates
 from tests import factories
 from tests.conftest import Api, make_settings, start_api, stop_api
 
@@ -272,3 +272,24 @@ async def test_mark_stale_agents_offline(clocked: tuple[Api, FakeClock]) -> None
     # Coming back is one heartbeat away.
     await api.admin.post(f"/api/v1/agents/{quiet}/heartbeat", json={})
     assert (await api.admin.get(f"/api/v1/agents/{quiet}")).json()["status"] == "Online"
+
+
+async def test_force_retire_releases_renewals_through_the_job_state_machine(api: Api) -> None:
+    """A cascade-cancelled renewal settles its approval and takes the cert out of RenewalInProgress."""
+    agent = await factories.agent(api.admin)
+    cert = await factories.seed_certificate(api, status="RenewalInProgress")
+    now = datetime.now(UTC)
+    async with api.services.ctx.db.transaction() as conn:
+        await rows.insert_row(conn, jobs, {
+            "id": "job-renew-1", "type": "Renewal", "certificate_id": cert["id"], "agent_id": agent["id"],
+            "status": "AwaitingApproval", "scheduled_at": now, "created_at": now, "updated_at": now,
+        })
+        await rows.insert_row(conn, schema.issuance_approval_requests, {
+            "id": "ar-1", "certificate_id": cert["id"], "job_id": "job-renew-1", "profile_id": "",
+            "requested_by": "carol", "state": "pending", "metadata": {}, "created_at": now, "updated_at": now,
+        })
+    forced = await api.admin.delete(f"/api/v1/agents/{agent['id']}", params={"force": "true", "reason": "gone"})
+    assert forced.status_code == 200, forced.text
+    assert (await _row(api, jobs, "job-renew-1"))["status"] == "Cancelled"
+    assert (await _row(api, schema.issuance_approval_requests, "ar-1"))["state"] == "rejected"
+    assert (await _row(api, managed_certificates, cert["id"]))["status"] == "Active"

@@ -25,6 +25,7 @@ from certctl.domain.models.agents import (
 from certctl.domain.models.common import PageParams
 from certctl.services import audit
 from certctl.services.context import ServiceContext
+from certctl.services.jobs import abort_job
 from certctl.store import agents_repo, audit_repo, rows
 from certctl.store.schema import agents
 
@@ -156,7 +157,12 @@ class AgentService:
             if force:
                 why = f"agent {agent_id} retired: {reason}"
                 details["retired_targets"] = await agents_repo.retire_agent_targets(conn, agent_id, now, why)
-                details["cancelled_jobs"] = await agents_repo.cancel_agent_jobs(conn, agent_id, now, why)
+                # Through the job state machine: approvals are settled and certificates leave
+                # RenewalInProgress, as when a person cancels the job.
+                open_jobs = await agents_repo.open_agent_jobs(conn, agent_id)
+                for job in open_jobs:
+                    await abort_job(conn, self.ctx.clock, actor, job, reason=why)
+                details["cancelled_jobs"] = [job["id"] for job in open_jobs]
             if reason is not None:
                 details["reason"] = reason
             await rows.update_row(conn, agents, agent_id, {

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from certctl.domain.enums import NON_TERMINAL_JOB_STATUSES, AgentStatus, CertificateStatus, JobStatus
+from certctl.domain.enums import NON_TERMINAL_JOB_STATUSES, AgentStatus, CertificateStatus
 from certctl.store.rows import Row, page_rows
 from certctl.store.schema import agents, certificate_target_mappings, deployment_targets, jobs, managed_certificates
 
@@ -61,15 +61,13 @@ async def retire_agent_targets(conn: AsyncConnection, agent_id: str, now: dateti
     return sorted(result.scalars().all())
 
 
-async def cancel_agent_jobs(conn: AsyncConnection, agent_id: str, now: datetime, reason: str) -> list[str]:
+async def open_agent_jobs(conn: AsyncConnection, agent_id: str) -> list[Row]:
+    """The agent's unfinished jobs, locked for the retire cascade."""
     j = jobs.c
-    result = await conn.execute(
-        update(jobs)
-        .where(j.agent_id == agent_id, j.status.in_(_NON_TERMINAL))
-        .values(status=JobStatus.CANCELLED.value, last_error=reason, completed_at=now, updated_at=now)
-        .returning(j.id)
-    )
-    return sorted(result.scalars().all())
+    stmt = select(jobs).where(j.agent_id == agent_id, j.status.in_(_NON_TERMINAL)).order_by(j.id)
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    return list((await conn.execute(stmt)).mappings().all())
 
 
 async def stale_agent_ids(conn: AsyncConnection, silent_since: datetime) -> list[str]:
