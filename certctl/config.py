@@ -127,6 +127,10 @@ class Settings:
             yield f"CERTCTL_LOG_LEVEL: '{self.log_level}' is not one of: debug, info, warn, error"
         if self.log_format not in ("json", "text"):
             yield f"CERTCTL_LOG_FORMAT: '{self.log_format}' is not one of: json, text"
+        if not 30 <= self.agent_offline_after_seconds <= 86400:
+            yield (
+                f"CERTCTL_AGENT_OFFLINE_AFTER_SECONDS: {self.agent_offline_after_seconds} is not between 30 and 86400"
+            )
         if not 1 <= self.database_max_conns <= 1000:
             yield f"CERTCTL_DATABASE_MAX_CONNS: {self.database_max_conns} is not between 1 and 1000"
         if self.database_url is not None and not self.database_url.startswith(
@@ -168,6 +172,7 @@ class Settings:
             auth_type=get("CERTCTL_AUTH_TYPE", "api-key").lower().replace("apikey", "api-key"),
             api_keys=keys,
             agent_bootstrap_token=get("CERTCTL_AGENT_BOOTSTRAP_TOKEN") or None,
+            agent_offline_after_seconds=_int(env, "CERTCTL_AGENT_OFFLINE_AFTER_SECONDS", 120),
             cors_origins=tuple(o.strip() for o in get("CERTCTL_CORS_ORIGINS", "").split(",") if o.strip()),
             rate_limit_enabled=_bool(env, "CERTCTL_RATE_LIMIT_ENABLED", True),
             rate_limit_rps=_float(env, "CERTCTL_RATE_LIMIT_RPS", 50.0),
