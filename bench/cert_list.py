@@ -106,7 +106,8 @@ end
 
 function request()
   counter = counter + 1
-  if counter %% 2 == 0 then
+  local walk_turn = (%MIX% == 0 and counter %% 2 == 0) or %MIX% == 2
+  if walk_turn then
     local c = table.remove(cursors, 1)
     if c ~= nil then
       return wrk.format("GET", "/api/v1/certificates?page_size=50&" .. walk .. "&cursor=" .. c)
@@ -140,8 +141,12 @@ end
 _thread_counter_lua = "thread_index_counter = (thread_index_counter or 0) + 1"
 
 
-def wrk_script() -> str:
+MIXES = {"both": 0, "page": 1, "walk": 2}
+
+
+def wrk_script(mix: str = "both") -> str:
     lua = WRK_LUA.replace("%%", "\x00")
+    lua = lua.replace("%MIX%", str(MIXES[mix]))
     lua = lua.replace("%WALKS%", ", ".join(json.dumps(s) for s in WALK_SHAPES))
     lua = lua.replace("%PAGES%", ", ".join(json.dumps(s) for s in PAGE_SHAPES))
     lua = lua.replace("%KEY%", BENCH_KEY)
@@ -299,10 +304,11 @@ async def probe_shapes(server: Server, shapes: list[str], count: int = 40) -> di
 # --- phase 3: saturation --------------------------------------------------------------------------
 
 def saturate(
-    server: Server, *, database: str, duration: int, connections: int, threads: int, profile: bool
+    server: Server, *, database: str, duration: int, connections: int, threads: int, profile: bool,
+    mix: str = "both",
 ) -> dict[str, Any]:
     script = Path(tempfile.mkstemp(prefix="certctl-wrk-", suffix=".lua")[1])
-    script.write_text(wrk_script())
+    script.write_text(wrk_script(mix))
     server_pids = server.pids()
     pg = PostgresCpu(database)
     cpu_server0 = cpu_seconds(server_pids)
@@ -328,6 +334,7 @@ def saturate(
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     requests = stats["requests"]
     result = {
+        "mix": mix,
         "threads": threads,
         "connections": connections,
         "requests": requests,
@@ -479,7 +486,10 @@ async def main() -> None:
     parser.add_argument("--skip-demo", action="store_true", help="skip the 30-certificate baseline server")
     parser.add_argument("--skip-explain", action="store_true")
     parser.add_argument("--port", type=int, default=18443)
-    parser.add_argument("--db-conns", type=int, default=8, help="CERTCTL_DATABASE_MAX_CONNS per worker")
+    parser.add_argument("--db-conns", type=int, default=16, help="CERTCTL_DATABASE_MAX_CONNS per worker")
+    parser.add_argument("--mix", choices=sorted(MIXES), default="both",
+                        help="saturation mix: page requests, cursor walks, or half and half")
+    parser.add_argument("--saturation-only", action="store_true", help="skip the open-loop and demo phases")
     args = parser.parse_args()
 
     url = pg_url(args.database)
@@ -507,10 +517,12 @@ async def main() -> None:
         saturate(server, database=args.database, duration=5, connections=args.connections,
                  threads=len(WALK_SHAPES), profile=False)
         sat = saturate(server, database=args.database, duration=args.duration, connections=args.connections,
-                       threads=len(WALK_SHAPES), profile=args.profile)
+                       threads=len(WALK_SHAPES), profile=args.profile, mix=args.mix)
         sat["loadavg"] = loadavg()
         print_json(f"saturation (wrk, {args.connections} connections)", sat)
         results["saturation_req_per_s"] = sat["req_per_s"]
+        if args.saturation_only:
+            return
         fixed = await run_open_loop(f"open loop {args.rate:g} req/s", server, args.rate, args.duration, list_mix(1),
                                     args.database)
         print_json(f"open loop at {args.rate:g} req/s (1M rows)", fixed)
