@@ -200,10 +200,33 @@ async def test_seeded_rows_read_back_through_the_api(demo: Api) -> None:
     assert expiring.json()["total"] == 5
     versions = await demo.admin.get("/api/v1/certificates/mc-www-prod/versions")
     assert versions.status_code == 200 and versions.json()["total"] >= 2
-    for path in ("/api/v1/jobs", "/api/v1/teams", "/api/v1/owners", "/api/v1/approvals"):
+    for path in ("/api/v1/jobs", "/api/v1/teams", "/api/v1/owners", "/api/v1/approvals", "/api/v1/issuers",
+                 "/api/v1/targets", "/api/v1/agents", "/api/v1/profiles", "/api/v1/renewal-policies",
+                 "/api/v1/policies", "/api/v1/agent-groups"):
         response = await demo.admin.get(path, params={"per_page": 500})
         assert response.status_code == 200, f"{path}: {response.text}"
         assert response.json()["total"] > 0, path
+    violations = await demo.admin.get("/api/v1/policies/rule-allowed-domains/violations")
+    assert violations.status_code == 200 and violations.json()["total"] > 0
+
+
+async def test_dashboard_statistics_have_something_to_show(demo: Api) -> None:
+    summary = (await demo.admin.get("/api/v1/stats/summary")).json()
+    assert summary["total_certificates"] >= 28  # archived ones may be left out
+    assert summary["expiring_certificates"] >= 5
+    assert summary["expired_certificates"] >= 3 and summary["revoked_certificates"] == 2
+    assert summary["total_agents"] == 6 and summary["offline_agents"] >= 2
+    assert summary["failed_jobs"] > 0 and summary["complete_jobs"] > 0
+    by_status = (await demo.admin.get("/api/v1/stats/certificates-by-status")).json()["status_counts"]
+    assert {s["status"] for s in by_status if s["count"]} == {s.value for s in CertificateStatus}
+    timeline = (await demo.admin.get("/api/v1/stats/expiration-timeline", params={"days": 30})).json()["buckets"]
+    assert sum(b["count"] for b in timeline) >= 5
+    trends = (await demo.admin.get("/api/v1/stats/job-trends", params={"days": 180})).json()["trends"]
+    busy_days = [t for t in trends if t["completed_count"] or t["failed_count"]]
+    assert len(busy_days) >= 100
+    assert sum(t["failed_count"] for t in trends) > 0
+    issued = (await demo.admin.get("/api/v1/stats/issuance-rate", params={"days": 180})).json()["rate"]
+    assert sum(p["issued_count"] for p in issued) >= 20
 
 
 async def test_seeding_is_idempotent(database_url: str, tmp_path: Path) -> None:
