@@ -38,7 +38,7 @@ class Settings:
     tls_cert_path: Path | None = None
     tls_key_path: Path | None = None
     database_url: str | None = None  # None: SQLite under data_dir
-    database_max_conns: int = 20  # per process; the pool may grow to twice this under bursts
+    database_max_conns: int = 20  # PostgreSQL pool size per process (fixed: no overflow)
     max_body_size: int = 1 << 20
     log_level: str = "info"
     log_format: str = "json"

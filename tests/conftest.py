@@ -112,7 +112,7 @@ def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settin
         "rate_limit_enabled": False,
         "config_encryption_key": "x" * 40,
         "agent_bootstrap_token": "bootstrap-token-for-tests",
-        "database_max_conns": 3,  # parallel test workers share PostgreSQL's 100 connections
+        "database_max_conns": 5,  # parallel test workers share PostgreSQL's 100 connections
     }
     values.update(overrides)
     return Settings(**values).validated()

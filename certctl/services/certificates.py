@@ -72,7 +72,7 @@ SORT_FIELDS: dict[str, str] = {
 # Exact totals of big result sets cost a scan; above this size a total may be up to
 # COUNT_CACHE_SECONDS old (writes through this process clear it at once).
 COUNT_CACHE_MIN = 10_000
-COUNT_CACHE_SECONDS = 2.0
+COUNT_CACHE_SECONDS = 10.0
 
 
 @dataclass

@@ -218,14 +218,21 @@ async def _select(
     stmt = _Statement(conn.dialect.name)
     key_columns = [k for k in SORT_KEYS[sort.column] if k not in wanted]
     names = [*wanted, *key_columns]
-    columns = ", ".join(stmt.column(n) for n in names)
     where = _where(stmt, flt) + [build(stmt) for build in extra_where]
-    sql = f"SELECT {columns} FROM managed_certificates c"
+    page = "FROM managed_certificates c"
     if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += f" ORDER BY {_order(sort)} LIMIT {stmt.bind(limit)}"
+        page += " WHERE " + " AND ".join(where)
+    page += f" ORDER BY {_order(sort)} LIMIT {stmt.bind(limit)}"
     if offset:
-        sql += f" OFFSET {stmt.bind(offset)}"
+        page += f" OFFSET {stmt.bind(offset)}"
+    if "target_ids" in names:
+        # Limit first, then look up target_ids for the page's rows only: with OFFSET, a sub-select in
+        # the same SELECT list would also run for every skipped row.
+        plain = ", ".join(f"c.{n}" for n in _base_columns(names, sort))
+        columns = ", ".join(stmt.column(n) for n in names)
+        sql = f"SELECT {columns} FROM (SELECT {plain} {page}) c ORDER BY {_order(sort)}"
+    else:
+        sql = f"SELECT {', '.join(stmt.column(n) for n in names)} {page}"
     records = await _fetch(conn, sql, stmt.params)
     # Only the columns that need it are touched; the rest go from the driver's row as they are.
     converters = [(n, c) for n in wanted if (c := _converter(n, stmt.pg, raw_json)) is not None]
@@ -240,6 +247,12 @@ async def _select(
             del item[name]
         items.append(item)
     return items, records, names
+
+
+def _base_columns(names: Sequence[str], sort: Sort) -> list[str]:
+    """Table columns the outer query of a limited page needs: the id, the asked-for ones, the sort keys."""
+    wanted = ["id", *(n for n in names if n != "target_ids"), *SORT_KEYS[sort.column]]
+    return list(dict.fromkeys(wanted))
 
 
 def _key_of(record: Sequence[Any], names: list[str], sort: Sort, pg: bool) -> list[Any]:

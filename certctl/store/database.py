@@ -10,7 +10,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 from sqlalchemy import event, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -40,7 +41,8 @@ class Database:
         self.dialect = "sqlite" if self.url.startswith("sqlite") else "postgresql"
         kwargs: dict[str, Any] = {}
         if self.dialect == "postgresql":
-            kwargs.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False)
+            # A fixed pool: overflow connections opened and closed under bursts cost more than waiting.
+            kwargs.update(pool_size=pool_size, max_overflow=0, pool_pre_ping=False)
         elif ":memory:" in self.url:
             kwargs.update(poolclass=NullPool)
         # orjson: several times faster than the stdlib for JSON columns, and it knows datetimes.
@@ -53,20 +55,37 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         """One unit of work; integrity violations become a 409 with a readable message."""
-        try:
-            async with self.engine.connect() as conn:
+        async with self._connection() as conn:
+            try:
                 # SQLite: take the write lock up front (BEGIN IMMEDIATE) so two writers queue on
                 # busy_timeout instead of deadlocking when both try to upgrade a read lock.
                 await conn.execution_options(certctl_write=True)
                 async with conn.begin():
                     yield conn
-        except IntegrityError as exc:
-            raise ConflictError(describe_integrity_error(exc)) from exc
+            except IntegrityError as exc:
+                raise ConflictError(describe_integrity_error(exc)) from exc
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.connect() as conn:
+        async with self._connection() as conn:
             yield conn
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection. Not reaching the database, or losing it mid-way, is a 503."""
+        conn = self.engine.connect()
+        try:
+            await conn.start()
+        except (DBAPIError, PoolTimeout, OSError) as exc:
+            raise UnavailableError("the database is unavailable; retry shortly") from exc
+        try:
+            yield conn
+        except DBAPIError as exc:
+            if is_unreachable(exc):
+                raise UnavailableError("the database is unavailable; retry shortly") from exc
+            raise
+        finally:
+            await conn.close()
 
     async def ping(self) -> None:
         try:
@@ -77,6 +96,22 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+# SQLSTATE classes meaning "the database cannot serve you now": 08 connection exception,
+# 53 insufficient resources (e.g. 53300 too many connections), 57 operator intervention (shutdown).
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
+
+
+def is_unreachable(exc: DBAPIError) -> bool:
+    """A failure to reach or use the database at all (a 503), as opposed to a bad statement (a bug)."""
+    if exc.connection_invalidated or isinstance(exc, InterfaceError):
+        return True
+    sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    if isinstance(sqlstate, str):
+        return sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
+    # SQLite: a write lock held past busy_timeout.
+    return isinstance(exc, OperationalError) and "database is locked" in str(exc.orig)
 
 
 def _json_dumps(value: Any) -> str:
