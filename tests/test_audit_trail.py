@@ -13,6 +13,7 @@ from certctl.domain.actor import Actor
 from certctl.domain.clock import FakeClock
 from certctl.domain.enums import ActorType
 from certctl.services import audit
+from certctl.store import audit_repo
 from certctl.store.database import Database
 from tests.conftest import Api
 
@@ -134,3 +135,20 @@ async def test_request_bodies_are_hashed_never_stored(api: Api) -> None:
     assert {row.action for row in rows} >= {"api_post", "owner_created"}
     for row in rows:
         assert "carol.private@example.com" not in str(row.details), row.action
+
+
+async def test_batched_events_round_trip(api: Api) -> None:
+    """A sink-sized batch (COPY on PostgreSQL, INSERT on SQLite) reads back field for field."""
+    at = datetime(2026, 5, 1, 12, 30, 15, 123456, tzinfo=UTC)
+    batch = [
+        audit.build_event(Actor("bob"), "api_get", "api", f"/api/v1/teams/{i}",
+                          {"status": 200, "nested": {"n": i}, "list": [1, "x"]}, at)
+        for i in range(45)
+    ]
+    async with api.services.ctx.db.transaction() as conn:
+        await audit_repo.add_events(conn, batch)
+    for sent in (batch[0], batch[44]):
+        event = (await api.admin.get(f"/api/v1/audit/{sent['id']}")).json()
+        assert event["details"] == sent["details"]
+        assert event["resource_id"] == sent["resource_id"] and event["actor_type"] == "User"
+        assert datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")) == at

@@ -6,14 +6,27 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import ColumnElement
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from certctl.store.rows import Row, get_row, insert_many, page_rows
 from certctl.store.schema import audit_events
 
+_COLUMNS = ("id", "actor", "actor_type", "action", "resource_type", "resource_id", "details", "timestamp")
+_COPY_MIN_ROWS = 20
+
 
 async def add_events(conn: AsyncConnection, events: Sequence[Mapping[str, Any]]) -> None:
+    if conn.dialect.name == "postgresql" and len(events) >= _COPY_MIN_ROWS:
+        # The per-request trail arrives in batches of hundreds: binary COPY costs a fraction of INSERTs.
+        raw = (await conn.get_raw_connection()).driver_connection
+        assert raw is not None
+        records = [
+            tuple(orjson.dumps(e[c]).decode() if c == "details" else e[c] for c in _COLUMNS) for e in events
+        ]
+        await raw.copy_records_to_table("audit_events", records=records, columns=list(_COLUMNS))
+        return
     await insert_many(conn, audit_events, events)
 
 
