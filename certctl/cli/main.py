@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import os
 import signal
 import ssl
@@ -107,7 +108,6 @@ def server(
 
     import uvicorn
 
-    from certctl.api.app import create_app, prepare_server
     from certctl.logs import configure_logging
     from certctl.pki.selfsigned import ensure_server_certificate
 
@@ -118,15 +118,14 @@ def server(
     else:
         cert, key = ensure_server_certificate(settings.data_dir, settings.host)
     _export(settings)
-    try:
-        # Migrations, seeds and the admin key happen here, once, before any worker exists.
-        asyncio.run(prepare_server(settings))
-    except Exception as exc:  # an unreachable database or a failed migration: say so and stop
-        log.exception("startup failed")
-        typer.echo(f"certctl: cannot start: {exc}", err=True)
-        raise typer.Exit(1) from None
-
     multi = settings.workers > 1
+    # Migrations, seeds and the admin key happen once, before any worker exists. With several
+    # workers that is a short-lived child, so the supervisor never loads the application (memory).
+    if (_prepare_in_child(settings) if multi else _prepare(settings)) != 0:
+        raise typer.Exit(1)
+    if not multi:
+        from certctl.api.app import create_app
+
     config = uvicorn.Config(
         "certctl.cli.main:worker_app" if multi else create_app(settings, prepare=False),
         factory=multi,
@@ -148,6 +147,32 @@ def server(
     else:
         typer.echo(f"certctl {__version__} listening on https://{settings.host}:{settings.port}", err=True)
         _serve_single(config, cert, key)
+
+
+def _prepare(settings: Settings) -> int:
+    """First boot (migrations, seeds, admin key); 0 on success, else the reason is printed."""
+    from certctl.api.app import prepare_server
+    from certctl.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        asyncio.run(prepare_server(settings))
+    except Exception as exc:  # an unreachable database or a failed migration: say so and stop
+        log.exception("startup failed")
+        typer.echo(f"certctl: cannot start: {exc}", err=True)
+        return 1
+    return 0
+
+
+def _prepare_entry(settings: Settings) -> None:
+    raise SystemExit(_prepare(settings))
+
+
+def _prepare_in_child(settings: Settings) -> int:
+    child = multiprocessing.get_context("spawn").Process(target=_prepare_entry, args=(settings,), name="first-boot")
+    child.start()
+    child.join()
+    return child.exitcode or 0
 
 
 def _serve_single(config: uvicorn.Config, cert: Path, key: Path) -> None:

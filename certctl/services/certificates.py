@@ -40,9 +40,9 @@ from certctl.pki import export as pki_export
 from certctl.pki.sealing import load_or_create_key_file
 from certctl.services import audit
 from certctl.services.context import ServiceContext
-from certctl.services.crud import require_reference
 from certctl.services.policy_engine import evaluate_certificate
 from certctl.store import certificates_repo as repo
+from certctl.store import rows
 from certctl.store.certificates_repo import CertificateFilter, Sort
 
 __all__ = ["CertificateFilter", "CertificateListing", "CertificateService", "ListQuery"]
@@ -165,13 +165,16 @@ class CertificateService:
             updated_at=now,
         )
         async with self.ctx.db.transaction() as conn:
-            if await repo.exists(conn, values["id"]):
+            id_taken, name_taken = await repo.id_or_name_taken(conn, values["id"], values["name"])
+            if id_taken:
                 raise ConflictError(f"certificate '{values['id']}' already exists")
-            await _ensure_name_free(conn, values["name"], None)
+            if name_taken:
+                raise ConflictError(f"a certificate named '{values['name']}' already exists")
             await _check_references(conn, values)
             await _check_targets(conn, target_ids)
             await repo.insert_certificate(conn, values)
-            await repo.replace_targets(conn, values["id"], target_ids, now)
+            if target_ids:
+                await repo.replace_targets(conn, values["id"], target_ids, now, new=True)
             row = await repo.get(conn, values["id"])
             assert row is not None
             await audit.record(
@@ -410,16 +413,21 @@ async def _ensure_name_free(conn: AsyncConnection, name: str, own_id: str | None
         raise ConflictError(f"a certificate named '{name}' already exists")
 
 
+_REFERENCES = (
+    ("owner_id", owners),
+    ("team_id", teams),
+    ("issuer_id", issuers),
+    ("renewal_policy_id", renewal_policies),
+    ("certificate_profile_id", certificate_profiles),
+)
+
+
 async def _check_references(conn: AsyncConnection, values: dict[str, Any]) -> None:
-    for field_name, table in (
-        ("owner_id", owners),
-        ("team_id", teams),
-        ("issuer_id", issuers),
-        ("renewal_policy_id", renewal_policies),
-        ("certificate_profile_id", certificate_profiles),
-    ):
-        if field_name in values:
-            await require_reference(conn, table, values[field_name], field_name)
+    """Every named record must exist (400 naming the first missing field); one query for all of them."""
+    checks = [(name, table, values[name]) for name, table in _REFERENCES if values.get(name) is not None]
+    missing = await rows.missing_references(conn, checks)
+    if missing:
+        raise ValidationError(f"{missing[0]} '{values[missing[0]]}' does not exist")
 
 
 async def _check_targets(conn: AsyncConnection, target_ids: Sequence[str]) -> None:

@@ -401,6 +401,13 @@ async def exists(conn: AsyncConnection, certificate_id: str) -> bool:
     return (await conn.execute(stmt)).first() is not None
 
 
+async def id_or_name_taken(conn: AsyncConnection, certificate_id: str, name: str) -> tuple[bool, bool]:
+    """Whether a certificate already has this id, and whether one already has this name."""
+    stmt = select(certs.c.id, certs.c.name).where((certs.c.id == certificate_id) | (certs.c.name == name))
+    found = (await conn.execute(stmt)).all()
+    return any(r.id == certificate_id for r in found), any(r.name == name for r in found)
+
+
 async def name_owner(conn: AsyncConnection, name: str) -> str | None:
     """The id of the certificate called `name`, if any."""
     stmt = select(certs.c.id).where(certs.c.name == name)
@@ -428,9 +435,11 @@ async def unknown_targets(conn: AsyncConnection, target_ids: Sequence[str]) -> l
 
 
 async def replace_targets(
-    conn: AsyncConnection, certificate_id: str, target_ids: Sequence[str], at: datetime
+    conn: AsyncConnection, certificate_id: str, target_ids: Sequence[str], at: datetime, *, new: bool = False
 ) -> None:
-    await conn.execute(delete(mappings).where(mappings.c.certificate_id == certificate_id))
+    """Make `target_ids` the certificate's mapping set (`new`: it has none yet, skip the delete)."""
+    if not new:
+        await conn.execute(delete(mappings).where(mappings.c.certificate_id == certificate_id))
     unique_ids = list(dict.fromkeys(target_ids))
     if unique_ids:
         await conn.execute(

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, RowMapping, Table, delete, func, insert, select, update
+from sqlalchemy import exists as sql_exists
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import UnaryExpression
 
@@ -38,6 +39,16 @@ async def get_row_for_update(conn: AsyncConnection, table: Table, row_id: str) -
 async def exists(conn: AsyncConnection, table: Table, row_id: str) -> bool:
     result = await conn.execute(select(table.c.id).where(table.c.id == row_id))
     return result.first() is not None
+
+
+async def missing_references(conn: AsyncConnection, checks: Sequence[tuple[str, Table, str]]) -> list[str]:
+    """Of (label, table, id) checks, the labels whose id is not in its table: one round trip for all."""
+    if not checks:
+        return []
+    probes = [sql_exists().where(table.c.id == ref_id).label(f"r{i}") for i, (_, table, ref_id) in enumerate(checks)]
+    stmt = select(*probes)
+    found = (await conn.execute(stmt)).one()
+    return [label for (label, _, _), present in zip(checks, found, strict=True) if not present]
 
 
 async def update_row(conn: AsyncConnection, table: Table, row_id: str, values: Mapping[str, Any]) -> bool:
