@@ -88,6 +88,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, prepare: bool 
         try:
             yield
         finally:
+            await services.certificates.settle_counts()
             await sink.close(timeout=settings.audit_flush_timeout_seconds)
             await db.dispose()
 

@@ -7,10 +7,12 @@ policy evaluation and the audit event, so a half-made certificate can never be o
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -69,8 +71,10 @@ SORT_FIELDS: dict[str, str] = {
     "common_name": "common_name",
 }
 
+log = logging.getLogger("certctl.certificates")
+
 # Exact totals of big result sets cost a scan; above this size a total may be up to
-# COUNT_CACHE_SECONDS old (writes through this process clear it at once).
+# COUNT_CACHE_SECONDS old, and is recounted in the background (sooner after a write).
 COUNT_CACHE_MIN = 10_000
 COUNT_CACHE_SECONDS = 10.0
 
@@ -103,6 +107,7 @@ class CertificateService:
         self.ctx = ctx
         self.export_limit = _export_limit(ctx.settings.extra)
         self._count_cache: dict[tuple[Any, ...], _CachedCount] = {}
+        self._recounts: set[asyncio.Task[None]] = set()
         self._cursor_key: bytes | None = None
 
     # ---- reads ------------------------------------------------------------------------------
@@ -293,31 +298,49 @@ class CertificateService:
 
     # ---- helpers ------------------------------------------------------------------------------
     async def _count(self, conn: AsyncConnection, flt: CertificateFilter) -> int:
-        """Exact below COUNT_CACHE_MIN. Above it, at most COUNT_CACHE_SECONDS old, and recomputed
-        by one request at a time: the others meanwhile get the previous figure (no stampede of
-        identical full counts when the entry expires under load)."""
+        """Exact below COUNT_CACHE_MIN. Above it, a cached figure is served at once; when it is older
+        than COUNT_CACHE_SECONDS (or a write went through this process) one background task recounts,
+        so no request ever waits for a full count after the first one for that filter."""
         key = flt.key()
         entry = self._count_cache.get(key)
-        now = time.monotonic()
-        if entry is not None and (entry.expires > now or entry.refreshing):
-            return entry.total
         if entry is not None:
-            entry.refreshing = True
+            if entry.expires <= time.monotonic() and not entry.refreshing:
+                entry.refreshing = True
+                task = asyncio.create_task(self._recount(key, flt, entry))
+                self._recounts.add(task)
+                task.add_done_callback(self._recounts.discard)
+            return entry.total
+        total = await repo.count(conn, flt)
+        self._remember_count(key, total)
+        return total
+
+    async def _recount(self, key: tuple[Any, ...], flt: CertificateFilter, entry: _CachedCount) -> None:
         try:
-            total = await repo.count(conn, flt)
-        finally:
-            if entry is not None:
-                entry.refreshing = False
+            async with self.ctx.db.read() as conn:
+                total = await repo.count(conn, flt)
+        except Exception:  # keep serving the previous figure; the next request tries again
+            log.warning("recounting certificates failed", exc_info=True)
+            entry.refreshing = False
+            return
+        self._remember_count(key, total)
+
+    def _remember_count(self, key: tuple[Any, ...], total: int) -> None:
         if total >= COUNT_CACHE_MIN:
             if len(self._count_cache) > 1024:
                 self._count_cache.clear()
             self._count_cache[key] = _CachedCount(time.monotonic() + COUNT_CACHE_SECONDS, total)
         else:
             self._count_cache.pop(key, None)
-        return total
+
+    async def settle_counts(self) -> None:
+        """Wait for background recounts (tests, shutdown)."""
+        while self._recounts:
+            await asyncio.gather(*list(self._recounts), return_exceptions=True)
 
     def _writes_happened(self) -> None:
-        self._count_cache.clear()
+        # Totals become due for a recount; they are still served until it lands.
+        for entry in self._count_cache.values():
+            entry.expires = 0.0
 
     def _key(self) -> bytes:
         if self._cursor_key is None:
