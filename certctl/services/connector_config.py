@@ -65,6 +65,24 @@ def unseal(sealer: ConfigSealer, row: Row, kind: str) -> dict[str, Any]:
         ) from None
 
 
+def apply_config_change(
+    sealer: ConfigSealer,
+    current: Row,
+    changes: dict[str, Any],
+    kind: str,
+    validate: Callable[[str, dict[str, Any]], None],
+) -> None:
+    """On update: when the config or the type changes, check the resulting config against the (new)
+    type; a new config has its `********` values merged back from the stored one and is sealed again."""
+    if "config" not in changes and "type" not in changes:
+        return
+    stored = unseal(sealer, current, kind)
+    config = merge_back(changes["config"], stored) if "config" in changes else stored
+    validate(changes.get("type", current["type"]), config)
+    if "config" in changes:
+        changes.update(sealed_columns(sealer, config))
+
+
 def has_placeholder(value: Any) -> bool:
     if value == REDACTED:
         return True

@@ -20,9 +20,9 @@ from certctl.pki.ca_check import ca_pair_problems
 from certctl.services import audit
 from certctl.services.connector_config import (
     ConfigRules,
+    apply_config_change,
     config_keys,
     config_problems,
-    merge_back,
     require_valid,
     sealed_columns,
     unseal,
@@ -110,13 +110,10 @@ class IssuerService(CrudService[Issuer]):
     async def prepare_update(self, conn: AsyncConnection, current: Row, changes: dict[str, Any]) -> dict[str, Any]:
         if "type" in changes:
             changes["type"] = IssuerType(changes["type"]).value
-        if "config" in changes or "type" in changes:
-            issuer_type = _issuer_type(changes.get("type", current["type"]))
-            stored = unseal(self.ctx.sealer, current, "issuer")
-            config = merge_back(changes["config"], stored) if "config" in changes else stored
-            validate_issuer_config(issuer_type, config)
-            if "config" in changes:
-                changes.update(sealed_columns(self.ctx.sealer, config))
+        apply_config_change(
+            self.ctx.sealer, current, changes, "issuer",
+            lambda issuer_type, config: validate_issuer_config(_issuer_type(issuer_type), config),
+        )
         return changes
 
     async def check_delete(self, conn: AsyncConnection, current: Row) -> None:

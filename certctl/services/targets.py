@@ -21,9 +21,9 @@ from certctl.domain.models.targets import DeploymentTarget
 from certctl.services import audit
 from certctl.services.connector_config import (
     ConfigRules,
+    apply_config_change,
     config_keys,
     config_problems,
-    merge_back,
     require_valid,
     sealed_columns,
     unseal,
@@ -131,13 +131,10 @@ class TargetService(CrudService[DeploymentTarget]):
             await _ensure_name_free_for_agent(conn, agent_id, name, current["id"])
         if "type" in changes:
             changes["type"] = TargetType(changes["type"]).value
-        if "config" in changes or "type" in changes:
-            target_type = _target_type(changes.get("type", current["type"]))
-            stored = unseal(self.ctx.sealer, current, "target")
-            config = merge_back(changes["config"], stored) if "config" in changes else stored
-            validate_target_config(target_type, config)
-            if "config" in changes:
-                changes.update(sealed_columns(self.ctx.sealer, config))
+        apply_config_change(
+            self.ctx.sealer, current, changes, "target",
+            lambda target_type, config: validate_target_config(_target_type(target_type), config),
+        )
         return changes
 
     def audit_details(self, values: dict[str, Any]) -> dict[str, Any]:
