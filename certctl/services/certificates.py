@@ -177,16 +177,14 @@ class CertificateService:
                 raise ConflictError(f"a certificate named '{values['name']}' already exists")
             await _check_references(conn, values)
             await _check_targets(conn, target_ids)
-            await repo.insert_certificate(conn, values)
+            row = await repo.insert_certificate(conn, values)
             if target_ids:
                 await repo.replace_targets(conn, values["id"], target_ids, now, new=True)
-            row = await repo.get(conn, values["id"])
-            assert row is not None
             await audit.record(
                 conn, self.ctx.clock, actor, "certificate_created", RESOURCE, values["id"],
                 {**_audit_values(values), "target_ids": target_ids},
             )
-            await evaluate_certificate(conn, self.ctx, actor, {**row, "target_ids": target_ids})
+            await evaluate_certificate(conn, self.ctx, actor, {**row, "target_ids": target_ids}, new=True)
         self._writes_happened()
         return _model(row, target_ids)
 

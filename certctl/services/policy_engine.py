@@ -278,12 +278,13 @@ def _severity(raw: Any) -> PolicySeverity:
 
 
 async def evaluate_certificate(
-    conn: AsyncConnection, ctx: ServiceContext, actor: Actor, certificate: Mapping[str, Any]
+    conn: AsyncConnection, ctx: ServiceContext, actor: Actor, certificate: Mapping[str, Any], *, new: bool = False
 ) -> list[PolicyViolation]:
     """Evaluate every enabled rule against one certificate, inside the caller's transaction.
 
     The certificate's rows in policy_violations are replaced by the new findings (none left
-    when it complies), and each finding is audited as `policy_violation_detected`.
+    when it complies), and each finding is audited as `policy_violation_detected`. `new`: the
+    certificate was created in this transaction, so it has no stored findings to replace.
     """
     rules = _compile(await policies_repo.list_enabled_rules(conn))
     needs: set[Fact] = set().union(*(r.evaluator.needs for r in rules)) if rules else set()
@@ -305,7 +306,10 @@ async def evaluate_certificate(
             "created_at": now,
         })
 
-    await policies_repo.replace_violations(conn, certificate_id, found)
+    if new:
+        await policies_repo.add_violations(conn, found)
+    else:
+        await policies_repo.replace_violations(conn, certificate_id, found)
     if found:
         events = [
             audit.build_event(

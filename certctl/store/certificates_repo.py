@@ -414,8 +414,10 @@ async def name_owner(conn: AsyncConnection, name: str) -> str | None:
     return (await conn.execute(stmt)).scalar_one_or_none()
 
 
-async def insert_certificate(conn: AsyncConnection, values: Mapping[str, Any]) -> None:
-    await conn.execute(insert(certs).values(**values))
+async def insert_certificate(conn: AsyncConnection, values: Mapping[str, Any]) -> Row:
+    """Insert one certificate and return the stored row (server defaults included), in one round trip."""
+    result = await conn.execute(insert(certs).values(**values).returning(*certs.c))
+    return result.mappings().one()
 
 
 async def update_certificate(conn: AsyncConnection, certificate_id: str, values: Mapping[str, Any]) -> bool:

@@ -25,6 +25,10 @@ async def replace_violations(
     await insert_many(conn, policy_violations, violations)
 
 
+async def add_violations(conn: AsyncConnection, violations: Sequence[Mapping[str, Any]]) -> None:
+    await insert_many(conn, policy_violations, violations)
+
+
 async def page_violations_for_rule(
     conn: AsyncConnection, rule_id: str, *, limit: int, offset: int
 ) -> tuple[list[Row], int]:
