@@ -54,11 +54,24 @@ from certctl.store.database import Database
 
 log = logging.getLogger("certctl.server")
 
-ROUTERS = [system.router, teams.router, owners.router, audit.router]
-ROUTERS += [certificates.router, stats.router]
-ROUTERS += [jobs.router, approvals.router, certificate_actions.router]
-ROUTERS += [profiles.router, renewal_policies.router, policies.router, agent_groups.router]
-ROUTERS += [issuers.router, targets.router, agents.router]
+ROUTERS = [
+    system.router,
+    teams.router,
+    owners.router,
+    audit.router,
+    certificates.router,
+    stats.router,
+    jobs.router,
+    approvals.router,
+    certificate_actions.router,
+    profiles.router,
+    renewal_policies.router,
+    policies.router,
+    agent_groups.router,
+    issuers.router,
+    targets.router,
+    agents.router,
+]
 
 
 def create_app(settings: Settings, *, clock: Clock | None = None, prepare: bool = True) -> FastAPI:
@@ -143,7 +156,7 @@ async def first_boot(ctx: ServiceContext) -> None:
 
 
 async def prepare_server(settings: Settings, clock: Clock | None = None) -> None:
-    """`certctl server` runs this in the parent process, so worker processes never race on first boot."""
+    """`certctl server` runs this once before any worker starts, so workers never race on first boot."""
     db = Database(settings.effective_database_url, pool_size=settings.database_max_conns)
     try:
         await first_boot(_context(settings, db, clock or Clock()))
