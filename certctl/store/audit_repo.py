@@ -14,7 +14,7 @@ from certctl.store.rows import Row, get_row, insert_many, page_rows
 from certctl.store.schema import audit_events
 
 _COLUMNS = ("id", "actor", "actor_type", "action", "resource_type", "resource_id", "details", "timestamp")
-_COPY_MIN_ROWS = 20
+_COPY_MIN_ROWS = 10
 
 
 async def add_events(conn: AsyncConnection, events: Sequence[Mapping[str, Any]]) -> None:
