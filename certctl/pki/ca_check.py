@@ -37,12 +37,10 @@ def ca_pair_problems(cert_path: Path, key_path: Path, now: datetime) -> list[str
         is_ca = False
     if not is_ca:
         problems.append("the CA certificate is not a CA (basicConstraints CA:TRUE missing)")
-    try:
-        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-        if not usage.key_cert_sign:
-            problems.append("the CA certificate's key usage does not allow certificate signing")
-    except x509.ExtensionNotFound:
-        pass  # RFC 5280 §4.2.1.3: absent key usage does not restrict
+    # RFC 5280 §4.2.1.3: an absent key usage extension does not restrict the key.
+    usage = next((e.value for e in cert.extensions if isinstance(e.value, x509.KeyUsage)), None)
+    if usage is not None and not usage.key_cert_sign:
+        problems.append("the CA certificate's key usage does not allow certificate signing")
     if now < cert.not_valid_before_utc:
         problems.append(f"the CA certificate is not valid before {cert.not_valid_before_utc.isoformat()}")
     if now > cert.not_valid_after_utc:
