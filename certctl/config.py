@@ -56,6 +56,7 @@ class Settings:
     keygen_mode: str = "agent"
     agent_offline_after_seconds: int = 120
     demo_seed: bool = False
+    public_url: str = ""  # base of the CRL/OCSP/CA URLs put into certificates; "" = https://host:port
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -65,6 +66,13 @@ class Settings:
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.sqlite_path}"
+
+    @property
+    def effective_public_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.port}"
 
     @property
     def user_rps(self) -> float:
@@ -137,6 +145,8 @@ class Settings:
             ("postgres://", "postgresql://", "postgresql+asyncpg://", "sqlite:///", "sqlite+aiosqlite:///")
         ):
             yield "CERTCTL_DATABASE_URL: must be a postgresql:// or sqlite:/// URL"
+        if self.public_url and not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", self.public_url):
+            yield f"CERTCTL_PUBLIC_URL: '{self.public_url}' is not an http(s) URL like https://pki.example.com"
         for origin in self.cors_origins:
             if origin != "*" and not _ORIGIN.match(origin):
                 yield f"CERTCTL_CORS_ORIGINS: '{origin}' is not '*' or an origin like https://app.example.com[:port]"
@@ -182,6 +192,7 @@ class Settings:
             config_encryption_key=get("CERTCTL_CONFIG_ENCRYPTION_KEY") or None,
             keygen_mode=get("CERTCTL_KEYGEN_MODE", "agent").lower(),
             demo_seed=_bool(env, "CERTCTL_DEMO_SEED", False),
+            public_url=get("CERTCTL_PUBLIC_URL", "").strip(),
             extra={k: v for k, v in env.items() if k.startswith("CERTCTL_")},
         )
         _check_service_variables(env)

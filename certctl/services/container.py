@@ -8,6 +8,7 @@ from certctl.services.agent_groups import AgentGroupService
 from certctl.services.agents import AgentService
 from certctl.services.approvals import ApprovalService
 from certctl.services.audit import AuditService, AuditSink
+from certctl.services.ca_service import CAService
 from certctl.services.certificate_actions import CertificateActionService
 from certctl.services.certificates import CertificateService
 from certctl.services.context import ServiceContext
@@ -41,6 +42,7 @@ class Services:
     issuers: IssuerService = field(init=False)
     targets: TargetService = field(init=False)
     agents: AgentService = field(init=False)
+    cas: CAService = field(init=False)
 
     def __post_init__(self) -> None:
         self.audit = AuditService(self.ctx.db)
@@ -58,3 +60,4 @@ class Services:
         self.issuers = IssuerService(self.ctx)
         self.targets = TargetService(self.ctx)
         self.agents = AgentService(self.ctx)
+        self.cas = CAService(self.ctx)

@@ -1,12 +1,14 @@
-"""What every service needs: the database, the clock, settings and the config sealer."""
+"""What every service needs: the database, the clock, settings, the config sealer, and the CA key signers."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from certctl.config import Settings
 from certctl.domain.clock import Clock
 from certctl.pki.sealing import ConfigSealer
+from certctl.pki.signers import SignerRegistry
 from certctl.store.database import Database
 
 
@@ -16,3 +18,17 @@ class ServiceContext:
     clock: Clock
     settings: Settings
     sealer: ConfigSealer
+    _signers: SignerRegistry | None = field(default=None, repr=False)
+
+    @property
+    def signers(self) -> SignerRegistry:
+        """Built on first use from CERTCTL_SIGNER_DRIVER and friends (a bad value fails at start, see first_boot)."""
+        if self._signers is None:
+            from certctl.pki.signers.factory import build_signer_registry
+
+            ca_key = self.settings.extra.get("CERTCTL_CA_KEY_PATH")
+            self._signers = build_signer_registry(
+                data_dir=self.settings.data_dir, env=self.settings.extra,
+                allowed_files=[Path(ca_key)] if ca_key else [],
+            )
+        return self._signers

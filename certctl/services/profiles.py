@@ -29,6 +29,7 @@ _CREATE_DEFAULTS: dict[str, Any] = {
     "acme_auth_mode": "trust_authenticated",
     "requires_approval": False,
     "enabled": True,
+    "key_generation_mode": "",
 }
 
 

@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -73,6 +74,9 @@ certificate_profiles = Table(
     Column("acme_auth_mode", Text, nullable=False, server_default="trust_authenticated"),
     Column("requires_approval", Boolean, nullable=False, server_default=text("false")),
     Column("enabled", Boolean, nullable=False, server_default=text("true")),
+    # Where the key of a certificate under this profile is made: "agent", "server", or "" for
+    # the server-wide CERTCTL_KEYGEN_MODE.
+    Column("key_generation_mode", Text, nullable=False, server_default=""),
     *_stamps(),
 )
 
@@ -222,8 +226,28 @@ certificate_versions = Table(
     Column("key_algorithm", Text, nullable=False, server_default=""),
     Column("key_size", Integer, nullable=False, server_default="0"),
     Column("created_at", UTCDateTime, nullable=False),
+    # Which certctl CA signed it (NULL for outside CAs) and which job produced it. A job yields at
+    # most one version (crash safety: a retried job can never store a second one).
+    Column("ca_id", Text, ForeignKey("intermediate_cas.id", ondelete="RESTRICT"), nullable=True),
+    Column("job_id", Text, nullable=True),
 )
 Index("ix_versions_cert_created", certificate_versions.c.certificate_id, certificate_versions.c.created_at)
+# Serials are canonical lowercase hex without padding (certctl.pki.serials); unique per signing CA.
+Index("uq_versions_ca_serial", certificate_versions.c.ca_id, certificate_versions.c.serial_number, unique=True,
+      postgresql_where=certificate_versions.c.ca_id.is_not(None), sqlite_where=certificate_versions.c.ca_id.is_not(None))
+Index("ix_versions_serial", certificate_versions.c.serial_number)
+Index("uq_versions_job", certificate_versions.c.job_id, unique=True,
+      postgresql_where=certificate_versions.c.job_id.is_not(None),
+      sqlite_where=certificate_versions.c.job_id.is_not(None))
+
+# The private key of a version whose key the server generated (profile key generation `server`),
+# sealed with the config encryption key. Never returned by the API and never exported.
+certificate_private_keys = Table(
+    "certificate_private_keys", metadata,
+    Column("version_id", Text, ForeignKey("certificate_versions.id", ondelete="CASCADE"), primary_key=True),
+    Column("sealed_key", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
 
 certificate_target_mappings = Table(
     "certificate_target_mappings", metadata,
@@ -251,6 +275,11 @@ jobs = Table(
     Column("verified_at", UTCDateTime, nullable=True),
     Column("verification_fingerprint", Text, nullable=True),
     Column("verification_error", Text, nullable=True),
+    # The CSR an agent submitted for this job (agent key generation), kept for the version row.
+    Column("csr_pem", Text, nullable=True),
+    # Who runs it and until when: a Running job whose lease ran out (crashed server) is requeued.
+    Column("claimed_by", Text, nullable=True),
+    Column("lease_expires_at", UTCDateTime, nullable=True),
     *_stamps(),
 )
 Index("ix_jobs_status_scheduled", jobs.c.status, jobs.c.scheduled_at)
@@ -333,4 +362,109 @@ api_keys = Table(
     Column("key_hash", String(64), nullable=False, unique=True),  # SHA-256 hex; the key itself is never stored
     Column("admin", Boolean, nullable=False, server_default=text("false")),
     Column("created_at", UTCDateTime, nullable=False),
+)
+
+
+# ---- CA engine (issue 3) -------------------------------------------------------------------------
+
+# Every CA certctl signs with: the persisted self-signed root of a local issuer, a sub-CA loaded from
+# CERTCTL_CA_CERT_PATH (parent_ca_id NULL, its outside parents in external_chain_pem), and the
+# intermediates created under them. Only a key *reference* is stored (key_driver_id), never key bytes.
+intermediate_cas = Table(
+    "intermediate_cas", metadata, _id(),
+    Column("owning_issuer_id", Text, ForeignKey("issuers.id", ondelete="RESTRICT"), nullable=False),
+    Column("parent_ca_id", Text, ForeignKey("intermediate_cas.id", ondelete="RESTRICT"), nullable=True),
+    Column("name", Text, nullable=False),
+    Column("subject", JSONType, nullable=False),
+    Column("state", Text, nullable=False, server_default="active"),
+    Column("cert_pem", Text, nullable=False),
+    Column("external_chain_pem", Text, nullable=False, server_default=""),
+    Column("key_driver_id", Text, nullable=False),
+    Column("key_algorithm", Text, nullable=False),
+    Column("serial_number", Text, nullable=False),
+    Column("not_before", UTCDateTime, nullable=False),
+    Column("not_after", UTCDateTime, nullable=False),
+    Column("path_len_constraint", Integer, nullable=True),
+    Column("name_constraints", JSONType, nullable=False),
+    Column("ocsp_responder_url", Text, nullable=False, server_default=""),
+    Column("metadata", JSONType, nullable=False),
+    Column("retired_at", UTCDateTime, nullable=True),
+    Column("retire_note", Text, nullable=True),
+    *_stamps(),
+)
+Index("uq_intermediate_cas_issuer_name", intermediate_cas.c.owning_issuer_id, intermediate_cas.c.name, unique=True)
+Index("ix_intermediate_cas_parent", intermediate_cas.c.parent_ca_id)
+# At most one active root per issuer.
+Index("uq_intermediate_cas_active_root", intermediate_cas.c.owning_issuer_id, unique=True,
+      postgresql_where=(intermediate_cas.c.parent_ca_id.is_(None)) & (intermediate_cas.c.state == "active"),
+      sqlite_where=(intermediate_cas.c.parent_ca_id.is_(None)) & (intermediate_cas.c.state == "active"))
+
+# One row per revoked certificate (leaf or CA), keyed by the CA that signed it and its canonical serial.
+certificate_revocations = Table(
+    "certificate_revocations", metadata, _id(),
+    Column("issuer_id", Text, nullable=False),
+    Column("ca_id", Text, nullable=True),  # NULL: signed by an outside CA
+    Column("serial_number", Text, nullable=False),
+    Column("certificate_id", Text, nullable=True),
+    Column("version_id", Text, nullable=True),
+    Column("reason", Text, nullable=False),
+    Column("reason_code", Integer, nullable=False),
+    Column("revoked_at", UTCDateTime, nullable=False),
+    Column("revoked_by", Text, nullable=False),
+    Column("not_after", UTCDateTime, nullable=True),  # expired entries may leave the CRL (RFC 5280 §3.3)
+    Column("short_lived", Boolean, nullable=False, server_default=text("false")),
+    Column("issuer_notified", Boolean, nullable=False, server_default=text("false")),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+Index("uq_revocations_issuer_serial", certificate_revocations.c.issuer_id, certificate_revocations.c.serial_number,
+      unique=True)
+Index("ix_revocations_ca", certificate_revocations.c.ca_id, certificate_revocations.c.serial_number)
+Index("ix_revocations_certificate", certificate_revocations.c.certificate_id)
+
+# The signed CRL of each CA, pre-generated by the scheduler and rebuilt right after a revocation.
+crl_cache = Table(
+    "crl_cache", metadata,
+    Column("ca_id", Text, ForeignKey("intermediate_cas.id", ondelete="CASCADE"), primary_key=True),
+    Column("issuer_id", Text, nullable=False),
+    Column("crl_number", BigInteger, nullable=False),  # monotonic per CA (RFC 5280 §5.2.3)
+    Column("this_update", UTCDateTime, nullable=False),
+    Column("next_update", UTCDateTime, nullable=False),
+    Column("crl_der", LargeBinary, nullable=False),
+    Column("etag", Text, nullable=False),
+    Column("entries", Integer, nullable=False),
+    Column("revocations_seen", Integer, nullable=False),  # revocation rows counted when built: staleness check
+    Column("generated_at", UTCDateTime, nullable=False),
+)
+
+crl_generation_events = Table(
+    "crl_generation_events", metadata, _id(),
+    Column("ca_id", Text, nullable=False),
+    Column("issuer_id", Text, nullable=False),
+    Column("crl_number", BigInteger, nullable=True),
+    Column("entries", Integer, nullable=False, server_default="0"),
+    Column("duration_ms", Integer, nullable=False, server_default="0"),
+    Column("trigger", Text, nullable=False),  # scheduled | revocation | on_read
+    Column("error", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+Index("ix_crl_events_ca", crl_generation_events.c.ca_id, crl_generation_events.c.created_at)
+
+# The delegated OCSP responder certificate of each CA (RFC 6960 §4.2.2.2), rotated before it expires.
+ocsp_responders = Table(
+    "ocsp_responders", metadata,
+    Column("ca_id", Text, ForeignKey("intermediate_cas.id", ondelete="CASCADE"), primary_key=True),
+    Column("cert_pem", Text, nullable=False),
+    Column("key_driver_id", Text, nullable=False),
+    Column("not_before", UTCDateTime, nullable=False),
+    Column("not_after", UTCDateTime, nullable=False),
+    *_stamps(),
+)
+
+# Leases for work that must run on one server at a time (scheduler loops); works on both back ends.
+scheduler_leases = Table(
+    "scheduler_leases", metadata,
+    Column("name", Text, primary_key=True),
+    Column("holder", Text, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
 )

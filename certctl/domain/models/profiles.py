@@ -18,6 +18,8 @@ MIN_KEY_SIZES = {KeyAlgorithm.RSA: 2048, KeyAlgorithm.ECDSA: 256, KeyAlgorithm.E
 MAX_KEY_SIZES = {KeyAlgorithm.RSA: 16384, KeyAlgorithm.ECDSA: 521, KeyAlgorithm.ED25519: 256}
 
 AcmeAuthMode = Literal["trust_authenticated", "challenge"]
+# "" defers to the server-wide CERTCTL_KEYGEN_MODE.
+KeyGenerationMode = Literal["", "agent", "server"]
 ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
 
 
@@ -67,6 +69,7 @@ class CertificateProfile(WireModel):
     acme_auth_mode: AcmeAuthMode
     requires_approval: bool
     enabled: bool
+    key_generation_mode: KeyGenerationMode
     created_at: datetime
     updated_at: datetime
 
@@ -106,6 +109,7 @@ class _ProfileFields(InputModel):
     acme_auth_mode: AcmeAuthMode | None = None
     requires_approval: bool | None = None
     enabled: bool | None = None
+    key_generation_mode: KeyGenerationMode | None = None
 
     _patterns = field_validator("required_san_patterns")(_check_patterns)
     _ekus = field_validator("allowed_ekus")(_unique)
