@@ -53,7 +53,10 @@ class FileDriver(SignerDriver):
         if self._passphrase:
             encryption = serialization.BestAvailableEncryption(self._passphrase)
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never overwrite a CA key
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never overwrite a CA key
+        except FileExistsError:
+            raise SignerError(f"key 'file:{name}.key' already exists; choose another label") from None
         with os.fdopen(fd, "wb") as handle:
             handle.write(pem)
             handle.flush()

@@ -19,6 +19,7 @@ after a token error the session is reopened and the operation retried once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -26,18 +27,21 @@ import threading
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import pkcs11
 from asn1crypto import core as asn1_core
 from asn1crypto import keys as asn1_keys
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from pkcs11 import Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
 from pkcs11 import exceptions as p11err
 
 from certctl.pki.signers.base import Signer, SignerDriver, SignerError, key_spec_of, normalize_key_spec
+
+if TYPE_CHECKING:
+    from pkcs11._pkcs11 import lib as _Library
 
 _T = TypeVar("_T")
 
@@ -52,6 +56,18 @@ _SESSION_ERRORS: Final = (
 _CURVES: Final = {"ECDSA-P256": ("secp256r1", ec.SECP256R1()), "ECDSA-P384": ("secp384r1", ec.SECP384R1())}
 _ED25519_OID: Final = "1.3.101.112"  # id-Ed25519 (RFC 8410); PKCS#11 3.0 allows it as CKA_EC_PARAMS
 _MAX_LABEL: Final = 64
+
+
+class Pkcs11ModuleError(SignerError):
+    """The module cannot be loaded or lists no tokens."""
+
+
+class Pkcs11TokenNotFound(SignerError):
+    """No token, or more than one, has the configured label."""
+
+
+class Pkcs11LoginError(SignerError):
+    """The user PIN was refused (wrong, locked, expired, not set)."""
 
 
 class _Pin:
@@ -75,10 +91,10 @@ class _Pin:
 
 
 _libs_lock = threading.Lock()
-_libs: dict[str, pkcs11.lib] = {}
+_libs: dict[str, _Library] = {}
 
 
-def _library(module: str) -> pkcs11.lib:
+def _library(module: str) -> _Library:
     """One loaded module per path for the whole process: dropping a `pkcs11.lib` calls C_Finalize, which would
     close every other session on that module."""
     with _libs_lock:
@@ -87,7 +103,7 @@ def _library(module: str) -> pkcs11.lib:
             try:
                 lib = pkcs11.lib(module)
             except p11err.PKCS11Error as exc:
-                raise SignerError(f"PKCS#11 module '{module}' cannot be loaded: {type(exc).__name__}") from exc
+                raise Pkcs11ModuleError(f"PKCS#11 module '{module}' cannot be loaded: {type(exc).__name__}") from exc
             _libs[module] = lib
         return lib
 
@@ -135,25 +151,26 @@ class _Connection:
         if self._session is not None:
             if self._pin is None or not pin.matches(self._pin):
                 # Already logged in with another PIN: do not let a wrong PIN ride on that login.
-                raise SignerError(f"PKCS#11 login to token '{self.token_label}' failed: the PIN is incorrect")
+                raise Pkcs11LoginError(f"PKCS#11 login to token '{self.token_label}' failed: the PIN is incorrect")
             return self._session
         lib = _library(self.module)
+        token_name = self.token_label
         try:
             token = lib.get_token(token_label=self.token_label)
         except p11err.NoSuchToken:
-            raise SignerError(f"no PKCS#11 token labelled '{self.token_label}' in module '{self.module}'") from None
+            raise Pkcs11TokenNotFound(f"no PKCS#11 token labelled '{token_name}' in module '{self.module}'") from None
         except p11err.MultipleTokensReturned:
-            raise SignerError(f"more than one PKCS#11 token is labelled '{self.token_label}'") from None
+            raise Pkcs11TokenNotFound(f"more than one PKCS#11 token is labelled '{self.token_label}'") from None
         except p11err.PKCS11Error as exc:
-            raise SignerError(f"PKCS#11 module '{self.module}' lists no tokens: {type(exc).__name__}") from exc
+            raise Pkcs11ModuleError(f"PKCS#11 module '{self.module}' lists no tokens: {type(exc).__name__}") from exc
         try:
             self._session = token.open(rw=True, user_pin=pin.reveal())
         except (p11err.PinIncorrect, p11err.PinInvalid, p11err.PinLenRange):
-            raise SignerError(f"PKCS#11 login to token '{self.token_label}' failed: the PIN is incorrect") from None
+            raise Pkcs11LoginError(f"PKCS#11 login to token '{token_name}' failed: the PIN is incorrect") from None
         except (p11err.PinLocked, p11err.PinExpired) as exc:
-            raise SignerError(f"PKCS#11 login to token '{self.token_label}' failed: {type(exc).__name__}") from None
+            raise Pkcs11LoginError(f"PKCS#11 login to token '{token_name}' failed: {type(exc).__name__}") from None
         except p11err.UserPinNotInitialized:
-            raise SignerError(f"PKCS#11 token '{self.token_label}' has no user PIN set (initialise it)") from None
+            raise Pkcs11LoginError(f"PKCS#11 token '{self.token_label}' has no user PIN set (initialise it)") from None
         except p11err.PKCS11Error as exc:
             raise SignerError(f"cannot open a session on token '{self.token_label}': {type(exc).__name__}") from None
         self._pin = pin
@@ -163,10 +180,8 @@ class _Connection:
         session, self._session, self._pin = self._session, None, None
         self._keys.clear()
         if session is not None:
-            try:
+            with contextlib.suppress(p11err.PKCS11Error):  # already gone, which is why it is being dropped
                 session.close()
-            except p11err.PKCS11Error:
-                pass  # the session is already gone, which is why it is being dropped
 
     def close(self) -> None:
         with self.lock:
@@ -198,9 +213,9 @@ def _find_one(session: pkcs11.Session, object_class: ObjectClass, key_id: bytes,
 
 def format_ref(token_label: str, key_label: str, key_id: bytes) -> str:
     """RFC 7512 §2.3 URI: path attributes `token`, `object` and `id`, percent-encoded."""
-    quote = lambda v: urllib.parse.quote(v, safe="")  # noqa: E731
     id_part = "".join(f"%{b:02x}" for b in key_id)
-    return f"pkcs11:token={quote(token_label)};object={quote(key_label)};id={id_part}"
+    token, obj = urllib.parse.quote(token_label, safe=""), urllib.parse.quote(key_label, safe="")
+    return f"pkcs11:token={token};object={obj};id={id_part}"
 
 
 def parse_ref(ref: str) -> tuple[str, str | None, bytes | None]:
@@ -226,7 +241,7 @@ def parse_ref(ref: str) -> tuple[str, str | None, bytes | None]:
     return token.decode("utf-8", "replace"), label, key_id
 
 
-def _public_key(obj: Any) -> PublicKeyTypes:
+def _public_key(obj: Any) -> CertificatePublicKeyTypes:
     key_type = obj[Attribute.KEY_TYPE]
     if key_type == KeyType.RSA:
         modulus = int.from_bytes(obj[Attribute.MODULUS], "big")
@@ -257,13 +272,13 @@ def _unwrap_point(value: bytes) -> bytes:
 
 
 class Pkcs11Signer(Signer):
-    def __init__(self, driver: Pkcs11Driver, ref: str, key_id: bytes, public_key: PublicKeyTypes) -> None:
+    def __init__(self, driver: Pkcs11Driver, ref: str, key_id: bytes, public_key: CertificatePublicKeyTypes) -> None:
         super().__init__(ref, key_spec_of(public_key))
         self._driver = driver
         self._key_id = key_id
         self._public_key = public_key
 
-    def public_key(self) -> PublicKeyTypes:
+    def public_key(self) -> CertificatePublicKeyTypes:
         return self._public_key
 
     def sign(self, data: bytes) -> bytes:
@@ -320,7 +335,7 @@ class Pkcs11Driver(SignerDriver):
             raise SignerError(f"key '{ref}' is on token '{token_label}', but the configured token is "
                               f"'{self.token_label}'")
 
-        def operation(session: pkcs11.Session) -> tuple[bytes, PublicKeyTypes]:
+        def operation(session: pkcs11.Session) -> tuple[bytes, CertificatePublicKeyTypes]:
             found_id = key_id if key_id is not None else self._id_by_label(session, label or "", ref)
             private = _find_one(session, ObjectClass.PRIVATE_KEY, found_id, ref)
             if not private[Attribute.SIGN]:
@@ -340,7 +355,7 @@ class Pkcs11Driver(SignerDriver):
         key_type, length, ec_params = self._key_parameters(spec)
         key_id = os.urandom(16)
 
-        def operation(session: pkcs11.Session) -> PublicKeyTypes:
+        def operation(session: pkcs11.Session) -> CertificatePublicKeyTypes:
             if list(session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.LABEL: label})):
                 raise SignerError(f"token '{self.token_label}' already has a private key labelled '{label}'")
             public_template: dict[Attribute, Any] = {Attribute.TOKEN: True, Attribute.PRIVATE: False}
