@@ -182,5 +182,18 @@ def render_lists() -> str:
     return "\n".join(out) + "\n"
 
 
+def write_lists() -> None:
+    """Replace the two generated lists in the doc, keeping everything before and after them."""
+    text = DOC.read_text()
+    start = text.index(MISSING_HEADING)
+    after_extra = text.index("\n## ", text.index(EXTRA_HEADING) + len(EXTRA_HEADING))
+    DOC.write_text(text[:start] + render_lists() + text[after_extra:])
+
+
 if __name__ == "__main__":
-    print(render_lists(), end="")
+    import sys
+
+    if "--write" in sys.argv:
+        write_lists()
+    else:
+        print(render_lists(), end="")

@@ -28,6 +28,7 @@ from certctl.api.routers import (
     audit,
     certificate_actions,
     certificates,
+    intermediates,
     issuers,
     jobs,
     owners,
@@ -45,6 +46,7 @@ from certctl.domain.keys import KeyStore
 from certctl.pki.sealing import ConfigSealer, load_or_create_key_file
 from certctl.services.audit import AuditSink
 from certctl.services.bootstrap import ensure_admin_key, seed_defaults, stored_keys
+from certctl.services.ca_service import CAService
 from certctl.services.connector_config import verify_sealed_configs
 from certctl.services.container import Services
 from certctl.services.context import ServiceContext
@@ -71,6 +73,7 @@ ROUTERS = [
     issuers.router,
     targets.router,
     agents.router,
+    intermediates.router,
 ]
 
 
@@ -148,6 +151,7 @@ async def first_boot(ctx: ServiceContext) -> None:
     await migrate.upgrade(ctx.db)
     await verify_sealed_configs(ctx)  # refuse to start if the config key cannot open stored configs
     await seed_defaults(ctx)
+    await CAService(ctx).ensure_local_roots()  # the local CA exists (and its key is usable) before anything serves
     if ctx.settings.demo_seed:
         await seed_demo(ctx)  # no-op once any certificate exists
     generated = await ensure_admin_key(ctx)

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes, CertificatePublicKeyTypes
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
-from certctl.domain.enums import ExtendedKeyUsage
+from certctl.domain.enums import ExtendedKeyUsage, KeyAlgorithm
 from certctl.domain.errors import ValidationError
 from certctl.pki.ca import IssuingCA
 from certctl.pki.name_constraints import check_names
@@ -104,3 +105,27 @@ def build_leaf(ca: IssuingCA, request: LeafRequest, serial: int) -> x509.Certifi
     if request.must_staple:
         builder = builder.add_extension(x509.TLSFeature([x509.TLSFeatureType.status_request]), critical=False)
     return sign_certificate(builder, ca.signer)
+
+
+def generate_leaf_key(
+    rules: list[tuple[str, int]],
+) -> tuple[CertificateIssuerPrivateKeyTypes, KeyAlgorithm, int]:
+    """Server key generation: ECDSA P-256 when the profile allows it (or says nothing), else the first
+    algorithm it allows, at its minimum size (never below 2048 for RSA)."""
+    allowed = [(KeyAlgorithm.parse(a), size) for a, size in rules]
+    if not allowed or any(a == KeyAlgorithm.ECDSA and size <= 256 for a, size in allowed):
+        return ec.generate_private_key(ec.SECP256R1()), KeyAlgorithm.ECDSA, 256
+    algorithm, size = allowed[0]
+    if algorithm == KeyAlgorithm.ECDSA:
+        curve: ec.EllipticCurve = ec.SECP384R1() if size <= 384 else ec.SECP521R1()
+        return ec.generate_private_key(curve), algorithm, curve.key_size
+    if algorithm == KeyAlgorithm.ED25519:
+        return ed25519.Ed25519PrivateKey.generate(), algorithm, 256
+    bits = max(2048, size)
+    return rsa.generate_private_key(public_exponent=65537, key_size=bits), algorithm, bits
+
+
+def private_key_pem(key: CertificateIssuerPrivateKeyTypes) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()

@@ -77,7 +77,7 @@ async def _approve(
     if job is None or job["status"] != JobStatus.AWAITING_APPROVAL.value:
         found = "gone" if job is None else job["status"]
         raise ConflictError(f"the approval's job '{approval['job_id']}' is {found}, not AwaitingApproval")
-    target = status_after_approval(ctx.settings, job["type"])
+    target = await status_after_approval(conn, ctx.settings, job)
     await transition_job(conn, ctx.clock, job, target)
     now = ctx.clock.now()
     await jobs_repo.update_approval(conn, approval["id"], {

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from certctl.domain.actor import Actor
 from certctl.domain.enums import CertificateStatus, JobStatus, JobType, RevocationReason
 from certctl.domain.errors import CertctlError, ConflictError, NotFoundError, ValidationError
+from certctl.domain.ids import new_id
 from certctl.domain.models.jobs import (
     ActionStatus,
     ApprovalState,
@@ -35,11 +36,12 @@ from certctl.domain.models.jobs import (
     DeployResult,
     RenewResult,
 )
+from certctl.domain.models.profiles import SHORT_LIVED_TTL_SECONDS
 from certctl.services import audit
 from certctl.services.approvals import request_approval
 from certctl.services.context import ServiceContext
-from certctl.services.jobs import ISSUING_JOB_TYPES, abort_job, create_job
-from certctl.store import jobs_repo
+from certctl.services.jobs import ISSUING_JOB_TYPES, abort_job, create_job, keygen_mode
+from certctl.store import ca_repo, issuance_repo, jobs_repo
 from certctl.store.rows import Row
 
 RESOURCE = "certificate"
@@ -58,6 +60,8 @@ class _Skip(Exception):
 class CertificateActionService:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
+        # Set by the container: called with the CA ids that revoked something, after the commit.
+        self.after_revoke: Callable[[set[str]], Awaitable[None]] | None = None
 
     # ---- renew ------------------------------------------------------------------------------------
     async def renew(self, actor: Actor, certificate_id: str, *, force: bool = False) -> RenewResult:
@@ -91,7 +95,7 @@ class CertificateActionService:
         needs_approval = bool(profile is not None and profile["requires_approval"])
         if needs_approval:
             status = JobStatus.AWAITING_APPROVAL
-        elif self.ctx.settings.keygen_mode == "agent":
+        elif keygen_mode(self.ctx.settings, profile) == "agent":
             status = JobStatus.AWAITING_CSR
         else:
             status = JobStatus.PENDING
@@ -181,10 +185,14 @@ class CertificateActionService:
     async def revoke(self, actor: Actor, certificate_id: str, reason: RevocationReason) -> ActionStatus:
         async with self.ctx.db.transaction() as conn:
             cert = await self._locked_cert(conn, certificate_id)
-            await self._revoke_in(conn, actor, cert, reason)
+            cas = await self._revoke_in(conn, actor, cert, reason)
+        await self._publish_revocations(cas)
         return ActionStatus(status="revoked")
 
-    async def _revoke_in(self, conn: AsyncConnection, actor: Actor, cert: Row, reason: RevocationReason) -> None:
+    async def _revoke_in(
+        self, conn: AsyncConnection, actor: Actor, cert: Row, reason: RevocationReason
+    ) -> set[str]:
+        """Revoke in the caller's transaction; returns the ids of the CAs whose status changed."""
         cert_id = cert["id"]
         if cert["status"] == CertificateStatus.REVOKED.value:
             raise ConflictError(f"certificate '{cert_id}' is already revoked")
@@ -196,6 +204,7 @@ class CertificateActionService:
             "status": CertificateStatus.REVOKED.value, "revoked_at": now,
             "revocation_reason": reason.value, "updated_at": now,
         })
+        revoked_serials, cas = await self._record_revocations(conn, actor, cert, reason)
         cancelled = []
         for job in await jobs_repo.open_jobs_for_certificate(conn, cert_id):
             await abort_job(conn, self.ctx.clock, actor, job, reason="certificate revoked",
@@ -203,19 +212,56 @@ class CertificateActionService:
             cancelled.append(job["id"])
         await audit.record(conn, self.ctx.clock, actor, "certificate_revoked", RESOURCE, cert_id, {
             "reason": reason.value, "reason_code": reason.code, "previous_status": cert["status"],
-            "cancelled_jobs": cancelled,
+            "cancelled_jobs": cancelled, "revoked_serials": revoked_serials,
         })
+        return cas
+
+    async def _record_revocations(
+        self, conn: AsyncConnection, actor: Actor, cert: Row, reason: RevocationReason
+    ) -> tuple[list[str], set[str]]:
+        """One revocation record per issued version still valid (RFC 5280 §5.3.1 reason code), which CRL
+        and OCSP publish; the CAs concerned are remembered so the caller can refresh them after commit."""
+        now = self.ctx.clock.now()
+        profile = await jobs_repo.get_profile(conn, cert["certificate_profile_id"]) \
+            if cert["certificate_profile_id"] else None
+        short_lived = bool(profile is not None and profile["allow_short_lived"]
+                           and 0 < profile["max_ttl_seconds"] < SHORT_LIVED_TTL_SECONDS)
+        serials: list[str] = []
+        cas: set[str] = set()
+        for version in await issuance_repo.versions_of_certificate(conn, cert["id"]):
+            if version["not_after"] <= now:
+                continue  # expired: no relying party may accept it any more
+            if await ca_repo.revocation_for(conn, cert["issuer_id"], version["serial_number"]) is not None:
+                continue
+            await ca_repo.insert_revocation(conn, {
+                "id": new_id("rev"), "issuer_id": cert["issuer_id"], "ca_id": version["ca_id"],
+                "serial_number": version["serial_number"], "certificate_id": cert["id"], "version_id": version["id"],
+                "reason": reason.value, "reason_code": reason.code, "revoked_at": now, "revoked_by": actor.name,
+                "not_after": version["not_after"], "short_lived": short_lived,
+                "issuer_notified": version["ca_id"] is not None,  # our own CA knows at once
+                "created_at": now,
+            })
+            serials.append(version["serial_number"])
+            if version["ca_id"] is not None:
+                cas.add(version["ca_id"])
+        return serials, cas
+
+    async def _publish_revocations(self, cas: set[str]) -> None:
+        """After commit: CRLs rebuilt and OCSP caches dropped for the CAs that just revoked something."""
+        if cas and self.after_revoke is not None:
+            await self.after_revoke(cas)
 
     # ---- bulk -------------------------------------------------------------------------------------
     async def bulk_revoke(self, actor: Actor, body: BulkRevokeBody, *, est_only: bool = False) -> BulkRevokeResult:
         reason = body.reason
 
-        async def one(conn: AsyncConnection, cert: Row) -> None:
+        async def one(conn: AsyncConnection, cert: Row) -> set[str]:
             if cert["status"] in _BULK_REVOKE_SKIP:
                 raise _Skip
-            await self._revoke_in(conn, actor, cert, reason)
+            return await self._revoke_in(conn, actor, cert, reason)
 
         matched, done, skipped, errors = await self._run_bulk(body, one, source="EST" if est_only else None)
+        await self._publish_revocations(set().union(*(cas for _, cas in done)))
         result = BulkRevokeResult(
             total_matched=matched, total_revoked=len(done), total_skipped=skipped,
             total_failed=len(errors), errors=errors,

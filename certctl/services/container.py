@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from certctl.services.agent_groups import AgentGroupService
+from certctl.services.agent_work import AgentWorkService
 from certctl.services.agents import AgentService
 from certctl.services.approvals import ApprovalService
 from certctl.services.audit import AuditService, AuditSink
@@ -12,6 +13,8 @@ from certctl.services.ca_service import CAService
 from certctl.services.certificate_actions import CertificateActionService
 from certctl.services.certificates import CertificateService
 from certctl.services.context import ServiceContext
+from certctl.services.intermediates import IntermediateService
+from certctl.services.issuance import IssuanceService
 from certctl.services.issuers import IssuerService
 from certctl.services.jobs import JobService
 from certctl.services.org import OwnerService, TeamService
@@ -43,6 +46,9 @@ class Services:
     targets: TargetService = field(init=False)
     agents: AgentService = field(init=False)
     cas: CAService = field(init=False)
+    intermediates: IntermediateService = field(init=False)
+    issuance: IssuanceService = field(init=False)
+    agent_work: AgentWorkService = field(init=False)
 
     def __post_init__(self) -> None:
         self.audit = AuditService(self.ctx.db)
@@ -61,3 +67,6 @@ class Services:
         self.targets = TargetService(self.ctx)
         self.agents = AgentService(self.ctx)
         self.cas = CAService(self.ctx)
+        self.intermediates = IntermediateService(self.ctx, self.cas)
+        self.issuance = IssuanceService(self.ctx, self.cas)
+        self.agent_work = AgentWorkService(self.ctx)

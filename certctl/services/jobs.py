@@ -35,11 +35,21 @@ def approval_bypass_enabled(settings: Settings) -> bool:
     return settings.extra.get("CERTCTL_APPROVAL_BYPASS", "").strip().lower() in _TRUE
 
 
-def status_after_approval(settings: Settings, job_type: str) -> JobStatus:
+def keygen_mode(settings: Settings, profile: Row | None) -> str:
+    """Where the key is made: the profile's `key_generation_mode`, else CERTCTL_KEYGEN_MODE."""
+    if profile is not None and profile["key_generation_mode"]:
+        return str(profile["key_generation_mode"])
+    return settings.keygen_mode
+
+
+async def status_after_approval(conn: AsyncConnection, settings: Settings, job: Row) -> JobStatus:
     """An approved issuing job waits for the agent's CSR in agent key generation, else is queued."""
-    if settings.keygen_mode == "agent" and job_type in ISSUING_JOB_TYPES:
-        return JobStatus.AWAITING_CSR
-    return JobStatus.PENDING
+    if job["type"] not in ISSUING_JOB_TYPES:
+        return JobStatus.PENDING
+    cert = await jobs_repo.get_certificate(conn, job["certificate_id"]) if job["certificate_id"] else None
+    profile = await jobs_repo.get_profile(conn, cert["certificate_profile_id"]) \
+        if cert is not None and cert["certificate_profile_id"] else None
+    return JobStatus.AWAITING_CSR if keygen_mode(settings, profile) == "agent" else JobStatus.PENDING
 
 
 async def create_job(
@@ -192,7 +202,7 @@ class JobService:
             self._require_awaiting_approval(job)
             approval = await jobs_repo.pending_approval_for_job(conn, job_id)
             await self._refuse_self_approval(conn, actor, job, approval)
-            target = status_after_approval(self.ctx.settings, job["type"])
+            target = await status_after_approval(conn, self.ctx.settings, job)
             await transition_job(conn, self.ctx.clock, job, target)
             approval_id = await close_pending_approval(
                 conn, self.ctx.clock, job_id, ApprovalState.APPROVED, actor.name, "approved through the job"

@@ -234,7 +234,8 @@ certificate_versions = Table(
 Index("ix_versions_cert_created", certificate_versions.c.certificate_id, certificate_versions.c.created_at)
 # Serials are canonical lowercase hex without padding (certctl.pki.serials); unique per signing CA.
 Index("uq_versions_ca_serial", certificate_versions.c.ca_id, certificate_versions.c.serial_number, unique=True,
-      postgresql_where=certificate_versions.c.ca_id.is_not(None), sqlite_where=certificate_versions.c.ca_id.is_not(None))
+      postgresql_where=certificate_versions.c.ca_id.is_not(None),
+      sqlite_where=certificate_versions.c.ca_id.is_not(None))
 Index("ix_versions_serial", certificate_versions.c.serial_number)
 Index("uq_versions_job", certificate_versions.c.job_id, unique=True,
       postgresql_where=certificate_versions.c.job_id.is_not(None),

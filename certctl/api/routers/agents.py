@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Response
 
 from certctl.api.deps import ActorDep, PageDep, ServicesDep
+from certctl.domain.models.agent_work import CertificatePickup, CSRAccepted, CSRSubmit, WorkList
 from certctl.domain.models.agents import Agent, AgentRegister, Heartbeat, RetireAgentResponse
 from certctl.domain.models.common import Page, StatusBody
 
@@ -46,6 +47,26 @@ async def get_agent(id: str, services: ServicesDep) -> Agent:
 async def heartbeat(id: str, services: ServicesDep, actor: ActorDep, body: Heartbeat | None = None) -> StatusBody:
     await services.agents.heartbeat(actor, id, body or Heartbeat())
     return StatusBody(status="ok")
+
+
+@router.get("/{id}/work", summary="Get pending work (AwaitingCSR and deployment jobs)")
+async def agent_work(id: str, services: ServicesDep) -> WorkList:
+    return await services.agent_work.work(id)
+
+
+@router.post(
+    "/{id}/csr", status_code=202, summary="Submit CSR",
+    responses={400: {"description": "CSR rejected; the error names the profile rule"},
+               403: {"description": "the agent does not deploy this certificate"},
+               409: {"description": "no job is waiting for a CSR"}},
+)
+async def submit_csr(id: str, body: CSRSubmit, services: ServicesDep, actor: ActorDep) -> CSRAccepted:
+    return await services.issuance.submit_csr(actor, id, body.csr_pem, body.certificate_id, body.job_id)
+
+
+@router.get("/{id}/certificates/{cert_id}", summary="Pick up the signed certificate")
+async def pickup_certificate(id: str, cert_id: str, services: ServicesDep) -> CertificatePickup:
+    return await services.agent_work.pickup(id, cert_id)
 
 
 @router.delete(

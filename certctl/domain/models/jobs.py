@@ -34,8 +34,10 @@ JOB_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.AWAITING_APPROVAL: frozenset(
         {JobStatus.PENDING, JobStatus.AWAITING_CSR, JobStatus.CANCELLED, JobStatus.FAILED}
     ),
+    # Back to Pending: an attempt failed and a retry is scheduled (scheduled_at in the future), or
+    # the server running it died and its lease ran out.
     JobStatus.RUNNING: frozenset(
-        {JobStatus.AWAITING_CSR, JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED}
+        {JobStatus.PENDING, JobStatus.AWAITING_CSR, JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED}
     ),
     # The retry loop requeues a failed job while attempts < max_attempts (checked by the caller
     # through `can_retry`).
@@ -75,6 +77,9 @@ def plan_job_transition(
     if current is JobStatus.FAILED and new is JobStatus.PENDING:
         changes["completed_at"] = None
         changes["scheduled_at"] = now
+    if new is not JobStatus.RUNNING:
+        changes["claimed_by"] = None
+        changes["lease_expires_at"] = None
     return changes
 
 

@@ -1,0 +1,53 @@
+"""What an agent sees and sends: its work list, its CSR, and the signed certificate it picks up."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import Field
+
+from certctl.domain.enums import JobStatus, JobType
+from certctl.domain.models.common import InputModel, WireModel
+
+
+class WorkItem(WireModel):
+    id: str
+    type: JobType
+    certificate_id: str | None
+    common_name: str | None = None
+    sans: list[str] = Field(default_factory=list)
+    target_id: str | None = None
+    target_type: str | None = None
+    target_config: dict[str, Any] | None = None
+    status: JobStatus
+
+
+class WorkList(WireModel):
+    jobs: list[WorkItem]
+    count: int
+
+
+class CSRSubmit(InputModel):
+    csr_pem: str = Field(min_length=1, max_length=64 * 1024)
+    certificate_id: str | None = Field(default=None, max_length=255)
+    job_id: str | None = Field(default=None, max_length=255)  # certctl addition: names the job exactly
+
+
+class CSRAccepted(WireModel):
+    status: str
+    job_id: str
+    job_status: JobStatus | str
+    certificate_id: str
+    version_id: str | None = None
+    serial_number: str | None = None
+
+
+class CertificatePickup(WireModel):
+    certificate_pem: str  # leaf, then the chain (as the reference's pem_chain)
+    chain_pem: str
+    version_id: str
+    serial_number: str
+    not_before: datetime
+    not_after: datetime
+    fingerprint_sha256: str

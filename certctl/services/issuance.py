@@ -1,0 +1,390 @@
+"""Issuing certificates through jobs: the CSR intake, the numbered issuance sequence, and attempt failures.
+
+A job reaches `execute` in Running, claimed by this process (`holder`) with a lease. The sequence:
+  1. read the job, certificate, issuer, profile (a job that is no longer ours is left alone);
+  2. take the key: the agent's CSR stored on the job (agent key generation), or a key generated
+     here and sealed (server key generation); with agent generation and no CSR yet, the job goes
+     to AwaitingCSR and the sequence stops;
+  3. resolve the issuing CA (local GenericCA issuers; other issuer types have no connector yet
+     and fail the job permanently with that reason);
+  4. draw a random serial and sign (name constraints of every CA above are enforced by the leaf
+     template before signing);
+  5. in one transaction: re-check the job is still ours and Running, store the version (unique per
+     job and per CA+serial), the sealed key if any, the certificate's new status and expiry,
+     complete the job, queue a deployment job per mapped target, and audit `certificate_issued`.
+A crash anywhere before step 5 commits leaves the job Running with a lease; the job reaper puts it
+back to Pending once the lease has run out and the sequence runs again with a fresh serial. The
+unique job_id on versions makes a second stored version for one job impossible.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from certctl.domain.actor import Actor
+from certctl.domain.enums import CertificateStatus, ExtendedKeyUsage, IssuerType, JobStatus, JobType
+from certctl.domain.errors import (
+    CertctlError,
+    ConflictError,
+    ForbiddenError,
+    GoneError,
+    NotFoundError,
+    ValidationError,
+)
+from certctl.domain.ids import new_id
+from certctl.domain.models.agent_work import CSRAccepted
+from certctl.domain.models.profiles import CertificateProfile
+from certctl.pki.csr_policy import CheckedCSR, check_csr, general_name, key_facts
+from certctl.pki.leaf import LeafRequest, build_leaf, generate_leaf_key, private_key_pem
+from certctl.pki.serials import new_serial, serial_hex
+from certctl.services import audit
+from certctl.services.ca_service import CAService
+from certctl.services.context import ServiceContext
+from certctl.services.jobs import ISSUING_JOB_TYPES, create_job, keygen_mode, transition_job
+from certctl.store import issuance_repo, job_queue_repo, jobs_repo, rows
+from certctl.store.rows import Row
+from certctl.store.schema import agents, issuers
+
+DEFAULT_VALIDITY = timedelta(days=90)
+LEASE = timedelta(minutes=5)
+# Without a profile the reference issues serverAuth + clientAuth leaves.
+DEFAULT_EKUS = (ExtendedKeyUsage.SERVER_AUTH, ExtendedKeyUsage.CLIENT_AUTH)
+MAX_BACKOFF = timedelta(hours=24)
+
+
+def process_holder() -> str:
+    """Names this server process in job leases (host, pid, and a random part for pid reuse)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def retry_delay(base_seconds: int, attempts: int, rng: random.Random | None = None) -> timedelta:
+    """Exponential backoff with ±20 % jitter: base, 2 x base, 4 x base, ... capped at 24 h."""
+    exponent = max(0, attempts - 1)
+    delay = min(float(base_seconds) * (2 ** min(exponent, 20)), MAX_BACKOFF.total_seconds())
+    jitter = (rng or random).uniform(0.8, 1.2)
+    return timedelta(seconds=min(delay * jitter, MAX_BACKOFF.total_seconds()))
+
+
+class PermanentIssuanceError(CertctlError):
+    """The job cannot succeed by trying again (bad CSR, name constraints, unsupported issuer)."""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    job: Row
+    cert: Row
+    issuer: Row
+    profile: CertificateProfile | None
+    policy: Row | None
+
+
+class IssuanceService:
+    def __init__(self, ctx: ServiceContext, cas: CAService) -> None:
+        self.ctx = ctx
+        self.cas = cas
+        self.holder = process_holder()
+
+    # ---- CSR intake (agent key generation) ------------------------------------------------------
+    async def submit_csr(
+        self, actor: Actor, agent_id: str, csr_pem: str, certificate_id: str | None, job_id: str | None = None
+    ) -> CSRAccepted:
+        """Validate an agent's CSR against the certificate and its profile, then issue at once.
+
+        A rejected CSR is a 400 naming the rule and leaves the job waiting in AwaitingCSR.
+        """
+        now = self.ctx.clock.now()
+        async with self.ctx.db.transaction() as conn:
+            agent = await rows.get_row(conn, agents, agent_id)
+            if agent is None:
+                raise NotFoundError.of("agent", agent_id)
+            if agent["retired_at"] is not None:
+                raise GoneError(f"agent '{agent_id}' is retired")
+            job = await self._job_awaiting_csr(conn, certificate_id, job_id)
+            if job["agent_id"] not in (None, agent_id) or (
+                job["agent_id"] is None
+                and not await issuance_repo.agent_owns_certificate(conn, agent_id, job["certificate_id"])
+            ):
+                raise ForbiddenError(
+                    f"agent '{agent_id}' does not deploy certificate '{job['certificate_id']}' "
+                    "and may not submit its CSR"
+                )
+            plan = await self._plan(conn, job)
+            checked = self._check(csr_pem, plan)
+            changes = await transition_job(conn, self.ctx.clock, job, JobStatus.RUNNING)
+            await jobs_repo.update_job(conn, job["id"], {
+                "csr_pem": csr_pem.strip() + "\n", "agent_id": agent_id,
+                "claimed_by": self.holder, "lease_expires_at": now + LEASE,
+            })
+            await audit.record(conn, self.ctx.clock, actor, "csr_submitted", "job", job["id"], {
+                "certificate_id": job["certificate_id"], "agent_id": agent_id, "key_algorithm": checked.key_label,
+                "attempt": changes["attempts"],
+            })
+        status = await self.execute(job["id"])
+        async with self.ctx.db.read() as conn:
+            version = await issuance_repo.version_of_job(conn, job["id"])
+        return CSRAccepted(
+            status="accepted", job_id=job["id"], job_status=status, certificate_id=job["certificate_id"],
+            version_id=version["id"] if version else None, serial_number=version["serial_number"] if version else None,
+        )
+
+    async def _job_awaiting_csr(self, conn: AsyncConnection, certificate_id: str | None, job_id: str | None) -> Row:
+        if job_id:
+            job = await jobs_repo.get_job(conn, job_id, for_update=True)
+            if job is None:
+                raise NotFoundError.of("job", job_id)
+            if certificate_id and job["certificate_id"] != certificate_id:
+                raise ValidationError(f"job '{job_id}' is not for certificate '{certificate_id}'")
+        elif certificate_id:
+            if await jobs_repo.get_certificate(conn, certificate_id) is None:
+                raise NotFoundError.of("certificate", certificate_id)
+            job = await issuance_repo.awaiting_csr_job(conn, certificate_id, ISSUING_JOB_TYPES)
+            if job is None:
+                raise ConflictError(f"certificate '{certificate_id}' has no job waiting for a CSR")
+        else:
+            raise ValidationError("certificate_id is required")
+        if job["status"] != JobStatus.AWAITING_CSR.value or job["type"] not in ISSUING_JOB_TYPES:
+            raise ConflictError(f"job '{job['id']}' is {job['status']}, not waiting for a CSR")
+        return job
+
+    # ---- the issuance sequence -----------------------------------------------------------------
+    async def execute(self, job_id: str) -> str:
+        """Run one issuing job that this process holds; returns the job's status afterwards."""
+        async with self.ctx.db.read() as conn:  # 1. read
+            job = await jobs_repo.get_job(conn, job_id)
+            if job is None or job["status"] != JobStatus.RUNNING.value or job["claimed_by"] != self.holder:
+                return job["status"] if job is not None else "missing"
+            try:
+                plan = await self._plan(conn, job)
+                mode = keygen_mode(self.ctx.settings, await self._profile_row(conn, plan.cert))
+                if mode == "agent" and not job["csr_pem"]:
+                    return await self._await_csr(job)
+                ca = await self.cas.issuing_ca(conn, plan.issuer) if plan.issuer["type"] == \
+                    IssuerType.GENERIC_CA.value else None
+            except PermanentIssuanceError as exc:
+                return await self.fail_attempt(job_id, exc.message, retryable=False)
+            except CertctlError as exc:
+                return await self.fail_attempt(job_id, exc.message, retryable=True)
+        if ca is None:
+            return await self.fail_attempt(
+                job_id, f"issuer type {plan.issuer['type']} has no certctl connector yet", retryable=False)
+        try:  # 2-4. key, request, serial, sign
+            key_pem = None
+            if job["csr_pem"]:
+                checked = self._check(job["csr_pem"], plan)
+                public_key, key_algorithm, key_size = checked.public_key, checked.key_algorithm, checked.key_size
+            else:
+                rules = [(r.algorithm.value, r.min_size) for r in plan.profile.allowed_key_algorithms] \
+                    if plan.profile else []
+                private_key, key_algorithm, key_size = generate_leaf_key(rules)
+                public_key = private_key.public_key()
+                key_pem = private_key_pem(private_key)
+            request = self._leaf_request(plan, public_key)
+        except ValidationError as exc:
+            return await self.fail_attempt(job_id, exc.message, retryable=False)
+        for _ in range(3):  # a serial collision (2^-127 per pair) just draws again
+            serial = new_serial()
+            try:
+                leaf = build_leaf(ca, request, serial)
+            except ValidationError as exc:
+                return await self.fail_attempt(job_id, exc.message, retryable=False)
+            try:
+                return await self._store(plan, ca.id, ca.chain_pem, leaf, key_pem, key_algorithm.value, key_size)
+            except IntegrityError as exc:
+                if "serial" not in str(exc.orig).lower() and "uq_versions_ca_serial" not in str(exc).lower():
+                    raise
+        return await self.fail_attempt(job_id, "could not draw a unique serial number", retryable=True)
+
+    async def _store(
+        self, plan: _Plan, ca_id: str, chain_pem: str, leaf: x509.Certificate, key_pem: str | None,
+        key_algorithm: str, key_size: int,
+    ) -> str:
+        """5. one transaction: version, key, certificate, job, deployments, audit."""
+        now = self.ctx.clock.now()
+        job_id = plan.job["id"]
+        async with self.ctx.db.transaction() as conn:
+            job = await jobs_repo.get_job(conn, job_id, for_update=True)
+            if job is None or job["status"] != JobStatus.RUNNING.value or job["claimed_by"] != self.holder:
+                # Cancelled, or reaped and taken by someone else while we signed: what we signed is dropped.
+                return job["status"] if job is not None else "missing"
+            cert = await jobs_repo.get_certificate(conn, plan.cert["id"], for_update=True)
+            if cert is None:
+                return "missing"
+            version_id = new_id("certver")
+            leaf_pem = leaf.public_bytes(serialization.Encoding.PEM).decode()
+            serial = serial_hex(leaf.serial_number)
+            await issuance_repo.insert_version(conn, {
+                "id": version_id, "certificate_id": cert["id"], "serial_number": serial,
+                "not_before": leaf.not_valid_before_utc, "not_after": leaf.not_valid_after_utc,
+                "fingerprint_sha256": leaf.fingerprint(hashes.SHA256()).hex(),
+                "pem_chain": leaf_pem + chain_pem, "csr_pem": job["csr_pem"] or "",
+                "key_algorithm": key_algorithm, "key_size": key_size, "created_at": now,
+                "ca_id": ca_id, "job_id": job_id,
+            })
+            if key_pem is not None:
+                await issuance_repo.insert_private_key(conn, {
+                    "version_id": version_id, "sealed_key": self.ctx.sealer.seal({"private_key_pem": key_pem}),
+                    "created_at": now,
+                })
+            cert_changes: dict[str, Any] = {
+                "status": CertificateStatus.ACTIVE.value, "expires_at": leaf.not_valid_after_utc, "updated_at": now,
+            }
+            if cert["status"] not in (CertificateStatus.REVOKED.value, CertificateStatus.ARCHIVED.value):
+                if cert["expires_at"] is not None or job["type"] == JobType.RENEWAL.value:
+                    cert_changes["last_renewal_at"] = now
+                await jobs_repo.update_certificate(conn, cert["id"], cert_changes)
+            await transition_job(conn, self.ctx.clock, job, JobStatus.COMPLETED)
+            deployments = await self._queue_deployments(conn, cert, job)
+            await audit.record(conn, self.ctx.clock, Actor.system(), "certificate_issued", "certificate", cert["id"], {
+                "job_id": job_id, "job_type": job["type"], "version_id": version_id, "serial_number": serial,
+                "ca_id": ca_id, "issuer_id": cert["issuer_id"], "not_after": leaf.not_valid_after_utc.isoformat(),
+                "fingerprint_sha256": leaf.fingerprint(hashes.SHA256()).hex(), "key_algorithm": key_algorithm,
+                "key_generation": "server" if key_pem is not None else "agent", "deployment_jobs": deployments,
+            })
+        return JobStatus.COMPLETED.value
+
+    async def _queue_deployments(self, conn: AsyncConnection, cert: Row, job: Row) -> list[str]:
+        created = []
+        for target in await jobs_repo.mapped_targets(conn, cert["id"]):
+            if target["retired_at"] is not None or not target["enabled"]:
+                continue
+            open_deploys = await jobs_repo.open_jobs_for_certificate(
+                conn, cert["id"], types=(JobType.DEPLOYMENT.value,), target_id=target["id"])
+            if open_deploys:
+                continue  # the open deployment will ship the newest version
+            created.append(await create_job(
+                conn, self.ctx.clock, job_type=JobType.DEPLOYMENT, status=JobStatus.PENDING,
+                certificate_id=cert["id"], target_id=target["id"], agent_id=target["agent_id"],
+                max_attempts=job["max_attempts"],
+            ))
+        return created
+
+    async def _await_csr(self, job: Row) -> str:
+        async with self.ctx.db.transaction() as conn:
+            locked = await jobs_repo.get_job(conn, job["id"], for_update=True)
+            if locked is None or locked["status"] != JobStatus.RUNNING.value or locked["claimed_by"] != self.holder:
+                return locked["status"] if locked is not None else "missing"
+            await transition_job(conn, self.ctx.clock, locked, JobStatus.AWAITING_CSR)
+            await jobs_repo.update_job(conn, job["id"], {"attempts": max(0, locked["attempts"] - 1)})
+        return JobStatus.AWAITING_CSR.value
+
+    # ---- failures -------------------------------------------------------------------------------
+    async def fail_attempt(self, job_id: str, error: str, *, retryable: bool, holder: str | None = None) -> str:
+        """One attempt failed: retry later with backoff while attempts remain, else the job and the
+        certificate go to Failed (the reference left both stuck). Returns the job's new status."""
+        holder = holder or self.holder
+        now = self.ctx.clock.now()
+        async with self.ctx.db.transaction() as conn:
+            job = await jobs_repo.get_job(conn, job_id, for_update=True)
+            if job is None or job["status"] != JobStatus.RUNNING.value or job["claimed_by"] != holder:
+                return job["status"] if job is not None else "missing"
+            cert = await jobs_repo.get_certificate(conn, job["certificate_id"]) if job["certificate_id"] else None
+            policy = await jobs_repo.get_renewal_policy(conn, cert["renewal_policy_id"]) if cert else None
+            if retryable and job["attempts"] < job["max_attempts"]:
+                delay = retry_delay(int(policy["retry_interval_seconds"]) if policy else 60, job["attempts"])
+                await transition_job(conn, self.ctx.clock, job, JobStatus.PENDING, last_error=error)
+                await jobs_repo.update_job(conn, job_id, {"scheduled_at": now + delay})
+                await audit.record(conn, self.ctx.clock, Actor.system(), "job_retry_scheduled", "job", job_id, {
+                    "certificate_id": job["certificate_id"], "attempt": job["attempts"],
+                    "max_attempts": job["max_attempts"], "retry_at": (now + delay).isoformat(), "error": error,
+                })
+                return JobStatus.PENDING.value
+            await transition_job(conn, self.ctx.clock, job, JobStatus.FAILED, last_error=error)
+            cert_status = None
+            if cert is not None and job["type"] in ISSUING_JOB_TYPES and cert["status"] in (
+                CertificateStatus.RENEWAL_IN_PROGRESS.value, CertificateStatus.PENDING.value,
+            ):
+                cert_status = CertificateStatus.FAILED.value
+                await jobs_repo.update_certificate(conn, cert["id"], {"status": cert_status, "updated_at": now})
+            await audit.record(conn, self.ctx.clock, Actor.system(), "job_failed", "job", job_id, {
+                "certificate_id": job["certificate_id"], "type": job["type"], "attempts": job["attempts"],
+                "max_attempts": job["max_attempts"], "error": error, "retryable": retryable,
+                "certificate_status": cert_status,
+            })
+        return JobStatus.FAILED.value
+
+    # ---- pieces ---------------------------------------------------------------------------------
+    async def _plan(self, conn: AsyncConnection, job: Row) -> _Plan:
+        cert = await jobs_repo.get_certificate(conn, job["certificate_id"]) if job["certificate_id"] else None
+        if cert is None:
+            raise PermanentIssuanceError(f"job '{job['id']}' has no certificate")
+        issuer = await rows.get_row(conn, issuers, cert["issuer_id"])
+        if issuer is None:
+            raise PermanentIssuanceError(f"issuer '{cert['issuer_id']}' of certificate '{cert['id']}' is gone")
+        if not issuer["enabled"]:
+            raise PermanentIssuanceError(f"issuer '{issuer['id']}' is disabled")
+        profile_row = await self._profile_row(conn, cert)
+        profile = CertificateProfile.model_validate(dict(profile_row)) if profile_row is not None else None
+        if profile is not None and not profile.enabled:
+            raise PermanentIssuanceError(f"profile '{profile.id}' is disabled")
+        policy = await jobs_repo.get_renewal_policy(conn, cert["renewal_policy_id"])
+        return _Plan(job=job, cert=cert, issuer=issuer, profile=profile, policy=policy)
+
+    @staticmethod
+    async def _profile_row(conn: AsyncConnection, cert: Row) -> Row | None:
+        if not cert["certificate_profile_id"]:
+            return None
+        return await jobs_repo.get_profile(conn, cert["certificate_profile_id"])
+
+    def _names(self, cert: Row) -> list[x509.GeneralName]:
+        names: list[x509.GeneralName] = []
+        for value in [cert["common_name"], *(cert["sans"] or [])]:
+            name = general_name(str(value))
+            if name is not None and name not in names:
+                names.append(name)
+        return names
+
+    def _validity(self, plan: _Plan) -> timedelta:
+        config_days = (plan.issuer["config"] or {}).get("validity_days")
+        validity = timedelta(days=int(config_days)) if config_days else DEFAULT_VALIDITY
+        if plan.profile is not None and plan.profile.max_ttl_seconds:
+            validity = min(validity, timedelta(seconds=plan.profile.max_ttl_seconds))
+        return validity
+
+    def _check(self, csr_pem: str, plan: _Plan) -> CheckedCSR:
+        return check_csr(csr_pem, plan.profile, allowed_names=self._names(plan.cert),
+                         ttl_seconds=int(self._validity(plan).total_seconds()))
+
+    def _leaf_request(self, plan: _Plan, public_key: Any) -> LeafRequest:
+        now = self.ctx.clock.now()
+        names = self._names(plan.cert)
+        common_name = str(plan.cert["common_name"])
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]) \
+            if 0 < len(common_name) <= 64 else x509.Name([])
+        key_facts(public_key)  # refuses key types a leaf cannot have
+        ekus = tuple(plan.profile.allowed_ekus) if plan.profile and plan.profile.allowed_ekus else DEFAULT_EKUS
+        return LeafRequest(
+            subject=subject, public_key=public_key, sans=tuple(names), ekus=ekus,
+            not_before=now, not_after=now + self._validity(plan),
+            must_staple=bool(plan.profile and plan.profile.must_staple),
+        )
+
+
+async def claim_issuing_jobs(service: IssuanceService, *, limit: int) -> list[str]:
+    """Claim due Pending issuance/renewal jobs for this process (Running, leased); returns their ids."""
+    now = service.ctx.clock.now()
+    async with service.ctx.db.transaction() as conn:
+        claimed = await job_queue_repo.claim_due(
+            conn, types=ISSUING_JOB_TYPES, now=now, limit=limit, holder=service.holder, lease_until=now + LEASE,
+        )
+    return [job["id"] for job in claimed]
+
+
+async def run_due_issuing_jobs(service: IssuanceService, *, limit: int = 25) -> dict[str, int]:
+    """Claim and execute due issuing jobs one after the other; returns how many ended in each status."""
+    outcome: dict[str, int] = {}
+    for job_id in await claim_issuing_jobs(service, limit=limit):
+        status = await service.execute(job_id)
+        outcome[status] = outcome.get(status, 0) + 1
+    return outcome

@@ -1,0 +1,93 @@
+"""SQL of the issuance path: versions, server-generated keys, agent work, and revocation targets."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import and_, exists, insert, or_, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from certctl.store.rows import Row
+from certctl.store.schema import (
+    certificate_private_keys,
+    certificate_target_mappings,
+    certificate_versions,
+    deployment_targets,
+    jobs,
+    managed_certificates,
+)
+
+_v = certificate_versions.c
+_j = jobs.c
+
+
+async def insert_version(conn: AsyncConnection, values: Mapping[str, Any]) -> None:
+    await conn.execute(insert(certificate_versions).values(**values))
+
+
+async def insert_private_key(conn: AsyncConnection, values: Mapping[str, Any]) -> None:
+    await conn.execute(insert(certificate_private_keys).values(**values))
+
+
+async def version_of_job(conn: AsyncConnection, job_id: str) -> Row | None:
+    result = await conn.execute(select(certificate_versions).where(_v.job_id == job_id))
+    return result.mappings().first()
+
+
+async def versions_of_certificate(conn: AsyncConnection, certificate_id: str) -> list[Row]:
+    result = await conn.execute(
+        select(_v.id, _v.ca_id, _v.serial_number, _v.not_after)
+        .where(_v.certificate_id == certificate_id).order_by(_v.created_at, _v.id)
+    )
+    return list(result.mappings())
+
+
+def _agent_targets(agent_id: str) -> Any:
+    """Certificates mapped to a live target of the agent."""
+    t, m = deployment_targets.c, certificate_target_mappings.c
+    return (
+        select(m.certificate_id)
+        .join(deployment_targets, t.id == m.target_id)
+        .where(t.agent_id == agent_id, t.retired_at.is_(None))
+    )
+
+
+async def agent_owns_certificate(conn: AsyncConnection, agent_id: str, certificate_id: str) -> bool:
+    t, m = deployment_targets.c, certificate_target_mappings.c
+    stmt = select(exists().where(
+        m.certificate_id == certificate_id, t.id == m.target_id, t.agent_id == agent_id, t.retired_at.is_(None)
+    ))
+    return bool((await conn.execute(stmt)).scalar())
+
+
+async def agent_work(conn: AsyncConnection, agent_id: str, issuing_types: Sequence[str], limit: int = 500) -> list[Row]:
+    """AwaitingCSR issuing jobs for certificates the agent deploys (or assigned to it), and its Pending
+    deployment jobs; with the certificate's names and the target's type and (redacted) config."""
+    mc, t = managed_certificates.c, deployment_targets.c
+    csr_wanted = and_(
+        _j.status == "AwaitingCSR", _j.type.in_(issuing_types),
+        or_(_j.agent_id == agent_id, and_(_j.agent_id.is_(None), _j.certificate_id.in_(_agent_targets(agent_id)))),
+    )
+    deploy_wanted = and_(_j.status == "Pending", _j.type == "Deployment", _j.agent_id == agent_id)
+    stmt = (
+        select(_j.id, _j.type, _j.certificate_id, _j.target_id, _j.status, mc.common_name, mc.sans,
+               t.type.label("target_type"), t.config.label("target_config"))
+        .select_from(jobs.outerjoin(managed_certificates, mc.id == _j.certificate_id)
+                     .outerjoin(deployment_targets, t.id == _j.target_id))
+        .where(or_(csr_wanted, deploy_wanted))
+        .order_by(_j.scheduled_at, _j.id)
+        .limit(limit)
+    )
+    return list((await conn.execute(stmt)).mappings())
+
+
+async def awaiting_csr_job(conn: AsyncConnection, certificate_id: str, issuing_types: Sequence[str]) -> Row | None:
+    stmt = (
+        select(jobs)
+        .where(_j.certificate_id == certificate_id, _j.status == "AwaitingCSR", _j.type.in_(issuing_types))
+        .order_by(_j.created_at.desc(), _j.id.desc()).limit(1)
+    )
+    if conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    return (await conn.execute(stmt)).mappings().first()
