@@ -174,6 +174,9 @@ def test_private_key_is_sensitive_and_never_extractable(
         assert private[Attribute.TOKEN] is True and private[Attribute.PRIVATE] is True
         assert private[Attribute.SENSITIVE] is True and private[Attribute.ALWAYS_SENSITIVE] is True
         assert private[Attribute.EXTRACTABLE] is False and private[Attribute.NEVER_EXTRACTABLE] is True
+        # Only allowed to sign: no decrypting, unwrapping or deriving with a CA key.
+        assert private[Attribute.SIGN] is True
+        assert not any(private[a] for a in (Attribute.DECRYPT, Attribute.UNWRAP, Attribute.DERIVE))
         secret = Attribute.PRIVATE_EXPONENT if private.key_type == KeyType.RSA else Attribute.VALUE
         with pytest.raises(p11err.AttributeSensitive):
             private[secret]
