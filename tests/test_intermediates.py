@@ -366,3 +366,51 @@ async def test_retire_is_two_step_drains_children_first_and_is_audited(api: Api)
     listed = (await api.admin.get(f"/api/v1/issuers/{issuer_id}/intermediates")).json()["data"]
     assert [(r["id"], r["state"]) for r in listed] == [
         (root["id"], "active"), (policy["id"], "retired"), (issuing["id"], "retired")]
+
+
+# ---- leaves through the tree (the issuance pipeline) -----------------------------------------------------
+
+async def test_leaves_are_issued_by_the_issuing_ca_and_names_outside_its_constraints_are_refused(
+    api: Api, tmp_path: Path
+) -> None:
+    from tests.pki_helpers import make_csr, verify_chain
+
+    issuer_id, root, _, issuing = await three_levels(api)
+    updated = await api.admin.put(f"/api/v1/issuers/{issuer_id}", json={"config": {"issuing_ca_id": issuing["id"]}})
+    assert updated.status_code == 200, updated.text
+
+    async def request_leaf(name: str) -> tuple[dict[str, Any], Any, str, str]:
+        cert = await factories.seed_certificate(api, issuer_id=issuer_id, common_name=name, sans=[name],
+                                                status="Pending", expires_at=None)
+        agent_id = await factories.seed_agent(api)
+        await factories.seed_mapping(api, cert["id"], await factories.seed_target(api, agent_id))
+        renewed = await api.admin.post(f"/api/v1/certificates/{cert['id']}/renew")
+        assert renewed.status_code == 202, renewed.text
+        csr_pem, _ = make_csr([name])
+        response = await api.admin.post(f"/api/v1/agents/{agent_id}/csr",
+                                        json={"csr_pem": csr_pem, "certificate_id": cert["id"]})
+        return cert, response, agent_id, renewed.json()["job_id"]
+
+    cert, response, agent_id, _ = await request_leaf("www.shop.example.com")
+    assert response.status_code == 202 and response.json()["job_status"] == "Completed", response.text
+    pickup = (await api.admin.get(f"/api/v1/agents/{agent_id}/certificates/{cert['id']}")).json()
+    chain = pickup["certificate_pem"]
+    assert chain.count("BEGIN CERTIFICATE") == 4  # leaf, issuing CA, policy CA, root
+    assert chain.endswith(root["cert_pem"]) or root["cert_pem"].strip() in chain
+    result = verify_chain(tmp_path, chain, "-x509_strict")
+    assert result.returncode == 0 and "leaf.pem: OK" in result.stdout, result.stdout + result.stderr
+    leaf = x509.load_pem_x509_certificate(chain.encode())
+    assert leaf.issuer.rfc4514_string() == "CN=Issuing CA"
+
+    # Outside the issuing CA's permitted subtree (and the policy CA's): nothing is signed or stored, and the
+    # job fails for good (retrying cannot help). The pipeline answers the CSR with 202 and job_status Failed.
+    for name in ("www.example.org", "x.secret.example.com", "www.example.com"):
+        refused, response, _, job_id = await request_leaf(name)
+        assert response.status_code < 500, response.text
+        body = response.json()
+        assert response.status_code >= 400 or body["job_status"] == "Failed", body
+        assert body.get("version_id") is None and body.get("serial_number") is None
+        versions = (await api.admin.get(f"/api/v1/certificates/{refused['id']}/versions")).json()["data"]
+        assert versions == []
+        job = (await api.admin.get(f"/api/v1/jobs/{job_id}")).json()
+        assert "name constraints" in (job.get("last_error") or "") + body.get("message", ""), (job, body)
