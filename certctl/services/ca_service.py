@@ -14,6 +14,7 @@ Loaded CAs are cached per process; the row is re-read at each issuance so that a
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ class CAService:
         return self.ctx.signers
 
     # ---- resolving ------------------------------------------------------------------------------
-    async def issuing_ca_row(self, conn: AsyncConnection, issuer: Row) -> Row:
+    async def issuing_ca_row(self, conn: AsyncConnection, issuer: Mapping[Any, Any]) -> Row:
         """The active CA row that signs for a GenericCA issuer; creates the root on first use."""
         if issuer["type"] != IssuerType.GENERIC_CA.value:
             raise ValidationError(f"issuer '{issuer['id']}' is a {issuer['type']} issuer, not the local CA")
@@ -78,6 +79,11 @@ class CAService:
         else:
             row = await ca_repo.active_root(conn, issuer["id"])
             if row is None:
+                if await ca_repo.cas_of_issuer(conn, issuer["id"]):
+                    # Its root was retired on purpose: a new one is the operator's decision, never implicit.
+                    raise ConflictError(
+                        f"issuer '{issuer['id']}' has no active root CA; register one or set issuing_ca_id"
+                    )
                 row = await self._create_root(issuer, config)
         if row["state"] != ACTIVE:
             raise ConflictError(f"CA '{row['id']}' is {row['state']} and no longer issues certificates")
@@ -109,7 +115,7 @@ class CAService:
             raise NotFoundError.of("CA", ca_id)
         return self.load(row, await self.ancestors(conn, row))
 
-    async def issuing_ca(self, conn: AsyncConnection, issuer: Row) -> IssuingCA:
+    async def issuing_ca(self, conn: AsyncConnection, issuer: Mapping[Any, Any]) -> IssuingCA:
         row = await self.issuing_ca_row(conn, issuer)
         return self.load(row, await self.ancestors(conn, row))
 
@@ -143,11 +149,11 @@ class CAService:
         async with self.ctx.db.read() as conn:
             local = await rows.list_rows(conn, issuers, issuers.c.type == IssuerType.GENERIC_CA.value,
                                          issuers.c.enabled.is_(True))
-            missing = [i for i in local if await ca_repo.active_root(conn, i["id"]) is None]
+            missing = [i for i in local if not await ca_repo.cas_of_issuer(conn, i["id"])]
         for issuer in missing:
             await self._create_root(issuer, unseal(self.ctx.sealer, issuer, "issuer"))
 
-    async def _create_root(self, issuer: Row, config: dict[str, Any]) -> Row:
+    async def _create_root(self, issuer: Mapping[Any, Any], config: dict[str, Any]) -> Row:
         async with self._root_lock:  # one root per issuer even when requests race in this process
             async with self.ctx.db.read() as conn:
                 existing = await ca_repo.active_root(conn, issuer["id"])
@@ -170,7 +176,7 @@ class CAService:
                 raise UnavailableError(f"the root CA of issuer '{issuer['id']}' could not be created")
             return row
 
-    def _root_values(self, issuer: Row, cert: x509.Certificate, key_ref: str, *, mode: str,
+    def _root_values(self, issuer: Mapping[Any, Any], cert: x509.Certificate, key_ref: str, *, mode: str,
                      external_chain: str = "") -> dict[str, Any]:
         now = self.ctx.clock.now()
         name = "root" if mode == "self-signed" else "operator-ca"
@@ -186,7 +192,7 @@ class CAService:
             "retired_at": None, "retire_note": None, "created_at": now, "updated_at": now,
         }
 
-    def _generated_root(self, issuer: Row, config: dict[str, Any]) -> dict[str, Any]:
+    def _generated_root(self, issuer: Mapping[Any, Any], config: dict[str, Any]) -> dict[str, Any]:
         try:
             spec = normalize_key_spec(str(config.get("key_algorithm") or "ECDSA-P256"))
         except SignerError as exc:
@@ -199,7 +205,7 @@ class CAService:
                           self.ctx.clock.now(), timedelta(days=days))
         return self._root_values(issuer, cert, signer.ref, mode="self-signed")
 
-    def _operator_ca(self, issuer: Row, config: dict[str, Any]) -> dict[str, Any] | None:
+    def _operator_ca(self, issuer: Mapping[Any, Any], config: dict[str, Any]) -> dict[str, Any] | None:
         cert_path, key_path = config.get("ca_cert_path"), config.get("ca_key_path")
         env = self.ctx.settings.extra
         if not cert_path and issuer["id"] == "iss-local" and env.get("CERTCTL_CA_CERT_PATH"):

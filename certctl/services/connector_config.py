@@ -51,7 +51,7 @@ def sealed_columns(sealer: ConfigSealer, config: Mapping[str, Any]) -> dict[str,
     return {"config": redact_config(full), "encrypted_config": sealer.seal(full) if full else None}
 
 
-def unseal(sealer: ConfigSealer, row: Row, kind: str) -> dict[str, Any]:
+def unseal(sealer: ConfigSealer, row: Mapping[Any, Any], kind: str) -> dict[str, Any]:
     """The full stored config of a row (rows written without sealing keep it in `config`)."""
     blob = row["encrypted_config"]
     if not blob:

@@ -23,6 +23,7 @@ import os
 import random
 import socket
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -45,6 +46,7 @@ from certctl.domain.errors import (
 )
 from certctl.domain.ids import new_id
 from certctl.domain.models.agent_work import CSRAccepted
+from certctl.domain.models.jobs import plan_job_transition
 from certctl.domain.models.profiles import CertificateProfile
 from certctl.pki.csr_policy import CheckedCSR, check_csr, general_name, key_facts
 from certctl.pki.leaf import LeafRequest, build_leaf, generate_leaf_key, private_key_pem
@@ -52,10 +54,10 @@ from certctl.pki.serials import new_serial, serial_hex
 from certctl.services import audit
 from certctl.services.ca_service import CAService
 from certctl.services.context import ServiceContext
-from certctl.services.jobs import ISSUING_JOB_TYPES, create_job, keygen_mode, transition_job
-from certctl.store import issuance_repo, job_queue_repo, jobs_repo, rows
+from certctl.services.jobs import ISSUING_JOB_TYPES, transition_job
+from certctl.store import audit_repo, issuance_repo, job_queue_repo, jobs_repo, rows
 from certctl.store.rows import Row
-from certctl.store.schema import agents, issuers
+from certctl.store.schema import agents
 
 DEFAULT_VALIDITY = timedelta(days=90)
 LEASE = timedelta(minutes=5)
@@ -77,17 +79,37 @@ def retry_delay(base_seconds: int, attempts: int, rng: random.Random | None = No
     return timedelta(seconds=min(delay * jitter, MAX_BACKOFF.total_seconds()))
 
 
+def _serial_collision(exc: IntegrityError) -> bool:
+    return "uq_versions_ca_serial" in str(exc)
+
+
+class _ProfileCache:
+    """Parsed profiles by (id, updated_at): validating a profile model on every issuance costs more than signing."""
+
+    def __init__(self) -> None:
+        self._parsed: dict[tuple[str, Any], CertificateProfile] = {}
+
+    def get(self, row: Row) -> CertificateProfile:
+        key = (row["id"], row["updated_at"])
+        profile = self._parsed.get(key)
+        if profile is None:
+            if len(self._parsed) > 1024:
+                self._parsed.clear()
+            profile = self._parsed[key] = CertificateProfile.model_validate(dict(row))
+        return profile
+
+
 class PermanentIssuanceError(CertctlError):
     """The job cannot succeed by trying again (bad CSR, name constraints, unsupported issuer)."""
 
 
 @dataclass(frozen=True)
 class _Plan:
-    job: Row
-    cert: Row
-    issuer: Row
+    job: Mapping[Any, Any]
+    cert: Mapping[Any, Any]
+    issuer: Mapping[Any, Any]
     profile: CertificateProfile | None
-    policy: Row | None
+    policy: Mapping[Any, Any] | None
 
 
 class IssuanceService:
@@ -95,6 +117,10 @@ class IssuanceService:
         self.ctx = ctx
         self.cas = cas
         self.holder = process_holder()
+        self._profiles = _ProfileCache()
+        # How long a claim holds without renewal; a crashed holder's jobs are requeued after it (job reaper).
+        lease_seconds = ctx.settings.extra.get("CERTCTL_JOB_LEASE_SECONDS") or LEASE.total_seconds()
+        self.lease = timedelta(seconds=int(lease_seconds))
 
     # ---- CSR intake (agent key generation) ------------------------------------------------------
     async def submit_csr(
@@ -104,7 +130,19 @@ class IssuanceService:
 
         A rejected CSR is a 400 naming the rule and leaves the job waiting in AwaitingCSR.
         """
+        for _ in range(3):  # a serial collision (2^-127 per pair) rolls everything back and draws again
+            try:
+                return await self._submit_csr_once(actor, agent_id, csr_pem, certificate_id, job_id)
+            except IntegrityError as exc:
+                if not _serial_collision(exc):
+                    raise
+        raise ConflictError("could not draw a unique serial number; try again")
+
+    async def _submit_csr_once(
+        self, actor: Actor, agent_id: str, csr_pem: str, certificate_id: str | None, job_id: str | None
+    ) -> CSRAccepted:
         now = self.ctx.clock.now()
+        csr_pem = csr_pem.strip() + "\n"
         async with self.ctx.db.transaction() as conn:
             agent = await rows.get_row(conn, agents, agent_id)
             if agent is None:
@@ -122,15 +160,32 @@ class IssuanceService:
                 )
             plan = await self._plan(conn, job)
             checked = self._check(csr_pem, plan)
-            changes = await transition_job(conn, self.ctx.clock, job, JobStatus.RUNNING)
-            await jobs_repo.update_job(conn, job["id"], {
-                "csr_pem": csr_pem.strip() + "\n", "agent_id": agent_id,
-                "claimed_by": self.holder, "lease_expires_at": now + LEASE,
-            })
-            await audit.record(conn, self.ctx.clock, actor, "csr_submitted", "job", job["id"], {
+            submitted = audit.build_event(actor, "csr_submitted", "job", job["id"], {
                 "certificate_id": job["certificate_id"], "agent_id": agent_id, "key_algorithm": checked.key_label,
-                "attempt": changes["attempts"],
+                "attempt": job["attempts"] + 1,
+            }, now)
+            if plan.issuer["type"] == IssuerType.GENERIC_CA.value:
+                # The local CA signs in well under a millisecond: the whole sequence is this one transaction,
+                # so the answer carries the stored certificate and a failure leaves nothing behind.
+                ca = await self.cas.issuing_ca(conn, plan.issuer)
+                leaf = build_leaf(ca, self._leaf_request(plan, checked.public_key), new_serial())
+                running = {**dict(job), **plan_job_transition(job["status"], JobStatus.RUNNING, now,
+                                                              attempts=job["attempts"]),
+                           "csr_pem": csr_pem, "agent_id": agent_id}
+                version_id = await self._commit_issued(
+                    conn, _Plan(running, plan.cert, plan.issuer, plan.profile, plan.policy), ca.id, ca.chain_pem,
+                    leaf, None, checked.key_algorithm.value, checked.key_size, earlier_events=[submitted],
+                )
+                return CSRAccepted(status="accepted", job_id=job["id"], job_status=JobStatus.COMPLETED.value,
+                                   certificate_id=job["certificate_id"], version_id=version_id,
+                                   serial_number=serial_hex(leaf.serial_number))
+            # Another issuer answers in its own time: the job runs now, outside this request's transaction.
+            await transition_job(conn, self.ctx.clock, job, JobStatus.RUNNING)
+            await jobs_repo.update_job(conn, job["id"], {
+                "csr_pem": csr_pem, "agent_id": agent_id, "claimed_by": self.holder,
+                "lease_expires_at": now + self.lease,
             })
+            await audit_repo.add_events(conn, [submitted])
         status = await self.execute(job["id"])
         async with self.ctx.db.read() as conn:
             version = await issuance_repo.version_of_job(conn, job["id"])
@@ -147,10 +202,10 @@ class IssuanceService:
             if certificate_id and job["certificate_id"] != certificate_id:
                 raise ValidationError(f"job '{job_id}' is not for certificate '{certificate_id}'")
         elif certificate_id:
-            if await jobs_repo.get_certificate(conn, certificate_id) is None:
-                raise NotFoundError.of("certificate", certificate_id)
             job = await issuance_repo.awaiting_csr_job(conn, certificate_id, ISSUING_JOB_TYPES)
             if job is None:
+                if await jobs_repo.get_certificate(conn, certificate_id) is None:
+                    raise NotFoundError.of("certificate", certificate_id)
                 raise ConflictError(f"certificate '{certificate_id}' has no job waiting for a CSR")
         else:
             raise ValidationError("certificate_id is required")
@@ -167,7 +222,7 @@ class IssuanceService:
                 return job["status"] if job is not None else "missing"
             try:
                 plan = await self._plan(conn, job)
-                mode = keygen_mode(self.ctx.settings, await self._profile_row(conn, plan.cert))
+                mode = (plan.profile.key_generation_mode if plan.profile else "") or self.ctx.settings.keygen_mode
                 if mode == "agent" and not job["csr_pem"]:
                     return await self._await_csr(job)
                 ca = await self.cas.issuing_ca(conn, plan.issuer) if plan.issuer["type"] == \
@@ -202,7 +257,7 @@ class IssuanceService:
             try:
                 return await self._store(plan, ca.id, ca.chain_pem, leaf, key_pem, key_algorithm.value, key_size)
             except IntegrityError as exc:
-                if "serial" not in str(exc.orig).lower() and "uq_versions_ca_serial" not in str(exc).lower():
+                if not _serial_collision(exc):
                     raise
         return await self.fail_attempt(job_id, "could not draw a unique serial number", retryable=True)
 
@@ -210,65 +265,81 @@ class IssuanceService:
         self, plan: _Plan, ca_id: str, chain_pem: str, leaf: x509.Certificate, key_pem: str | None,
         key_algorithm: str, key_size: int,
     ) -> str:
-        """5. one transaction: version, key, certificate, job, deployments, audit."""
-        now = self.ctx.clock.now()
-        job_id = plan.job["id"]
+        """5. one transaction: the job is still ours, then everything `_commit_issued` writes."""
         async with self.ctx.db.transaction() as conn:
-            job = await jobs_repo.get_job(conn, job_id, for_update=True)
+            job = await jobs_repo.get_job(conn, plan.job["id"], for_update=True)
             if job is None or job["status"] != JobStatus.RUNNING.value or job["claimed_by"] != self.holder:
                 # Cancelled, or reaped and taken by someone else while we signed: what we signed is dropped.
                 return job["status"] if job is not None else "missing"
-            cert = await jobs_repo.get_certificate(conn, plan.cert["id"], for_update=True)
-            if cert is None:
-                return "missing"
-            version_id = new_id("certver")
-            leaf_pem = leaf.public_bytes(serialization.Encoding.PEM).decode()
-            serial = serial_hex(leaf.serial_number)
-            await issuance_repo.insert_version(conn, {
-                "id": version_id, "certificate_id": cert["id"], "serial_number": serial,
-                "not_before": leaf.not_valid_before_utc, "not_after": leaf.not_valid_after_utc,
-                "fingerprint_sha256": leaf.fingerprint(hashes.SHA256()).hex(),
-                "pem_chain": leaf_pem + chain_pem, "csr_pem": job["csr_pem"] or "",
-                "key_algorithm": key_algorithm, "key_size": key_size, "created_at": now,
-                "ca_id": ca_id, "job_id": job_id,
-            })
-            if key_pem is not None:
-                await issuance_repo.insert_private_key(conn, {
-                    "version_id": version_id, "sealed_key": self.ctx.sealer.seal({"private_key_pem": key_pem}),
-                    "created_at": now,
-                })
-            cert_changes: dict[str, Any] = {
-                "status": CertificateStatus.ACTIVE.value, "expires_at": leaf.not_valid_after_utc, "updated_at": now,
-            }
-            if cert["status"] not in (CertificateStatus.REVOKED.value, CertificateStatus.ARCHIVED.value):
-                if cert["expires_at"] is not None or job["type"] == JobType.RENEWAL.value:
-                    cert_changes["last_renewal_at"] = now
-                await jobs_repo.update_certificate(conn, cert["id"], cert_changes)
-            await transition_job(conn, self.ctx.clock, job, JobStatus.COMPLETED)
-            deployments = await self._queue_deployments(conn, cert, job)
-            await audit.record(conn, self.ctx.clock, Actor.system(), "certificate_issued", "certificate", cert["id"], {
-                "job_id": job_id, "job_type": job["type"], "version_id": version_id, "serial_number": serial,
-                "ca_id": ca_id, "issuer_id": cert["issuer_id"], "not_after": leaf.not_valid_after_utc.isoformat(),
-                "fingerprint_sha256": leaf.fingerprint(hashes.SHA256()).hex(), "key_algorithm": key_algorithm,
-                "key_generation": "server" if key_pem is not None else "agent", "deployment_jobs": deployments,
-            })
+            await self._commit_issued(conn, _Plan(job, plan.cert, plan.issuer, plan.profile, plan.policy), ca_id,
+                                      chain_pem, leaf, key_pem, key_algorithm, key_size)
         return JobStatus.COMPLETED.value
 
-    async def _queue_deployments(self, conn: AsyncConnection, cert: Row, job: Row) -> list[str]:
-        created = []
-        for target in await jobs_repo.mapped_targets(conn, cert["id"]):
-            if target["retired_at"] is not None or not target["enabled"]:
-                continue
-            open_deploys = await jobs_repo.open_jobs_for_certificate(
-                conn, cert["id"], types=(JobType.DEPLOYMENT.value,), target_id=target["id"])
-            if open_deploys:
-                continue  # the open deployment will ship the newest version
-            created.append(await create_job(
-                conn, self.ctx.clock, job_type=JobType.DEPLOYMENT, status=JobStatus.PENDING,
-                certificate_id=cert["id"], target_id=target["id"], agent_id=target["agent_id"],
-                max_attempts=job["max_attempts"],
-            ))
-        return created
+    async def _commit_issued(
+        self, conn: AsyncConnection, plan: _Plan, ca_id: str, chain_pem: str, leaf: x509.Certificate,
+        key_pem: str | None, key_algorithm: str, key_size: int, *, earlier_events: list[dict[str, Any]] | None = None,
+    ) -> str:
+        """In the caller's transaction: version (+ sealed key), certificate, job Completed, deployments, audit.
+
+        `plan.job` is the job as it is now in Running (possibly not written yet); returns the version id.
+        """
+        now = self.ctx.clock.now()
+        job, cert = plan.job, plan.cert
+        version_id = new_id("certver")
+        leaf_pem = leaf.public_bytes(serialization.Encoding.PEM).decode()
+        serial = serial_hex(leaf.serial_number)
+        fingerprint = leaf.fingerprint(hashes.SHA256()).hex()
+        await issuance_repo.insert_version(conn, {
+            "id": version_id, "certificate_id": cert["id"], "serial_number": serial,
+            "not_before": leaf.not_valid_before_utc, "not_after": leaf.not_valid_after_utc,
+            "fingerprint_sha256": fingerprint, "pem_chain": leaf_pem + chain_pem, "csr_pem": job["csr_pem"] or "",
+            "key_algorithm": key_algorithm, "key_size": key_size, "created_at": now, "ca_id": ca_id,
+            "job_id": job["id"],
+        })
+        if key_pem is not None:
+            await issuance_repo.insert_private_key(conn, {
+                "version_id": version_id, "sealed_key": self.ctx.sealer.seal({"private_key_pem": key_pem}),
+                "created_at": now,
+            })
+        # A certificate revoked or archived while its renewal ran keeps that status; the version is kept
+        # for the record (and the revocation of its serial is the operator's next step).
+        if await issuance_repo.activate_certificate(
+            conn, cert["id"], expires_at=leaf.not_valid_after_utc, now=now,
+            renewal=cert["expires_at"] is not None or job["type"] == JobType.RENEWAL.value,
+        ):
+            deployments = await self._queue_deployments(conn, cert, job)
+        else:
+            deployments = []
+        changes = plan_job_transition(job["status"], JobStatus.COMPLETED, now, attempts=job["attempts"])
+        await jobs_repo.update_job(conn, job["id"], {
+            **changes, "attempts": job["attempts"], "started_at": job["started_at"] or now,
+            "csr_pem": job["csr_pem"], "agent_id": job["agent_id"], "last_error": None,
+        })
+        issued = audit.build_event(Actor.system(), "certificate_issued", "certificate", cert["id"], {
+            "job_id": job["id"], "job_type": job["type"], "version_id": version_id, "serial_number": serial,
+            "ca_id": ca_id, "issuer_id": cert["issuer_id"], "not_after": leaf.not_valid_after_utc.isoformat(),
+            "fingerprint_sha256": fingerprint, "key_algorithm": key_algorithm,
+            "key_generation": "server" if key_pem is not None else "agent", "deployment_jobs": deployments,
+        }, now)
+        await audit_repo.add_events(conn, [*(earlier_events or []), issued])
+        return version_id
+
+    async def _queue_deployments(
+        self, conn: AsyncConnection, cert: Mapping[Any, Any], job: Mapping[Any, Any]
+    ) -> list[str]:
+        """One Pending deployment job per live mapped target that has none open (it will ship the newest)."""
+        targets = await issuance_repo.targets_needing_deployment(conn, cert["id"])
+        if not targets:
+            return []
+        now = self.ctx.clock.now()
+        created = [{
+            "id": new_id("job"), "type": JobType.DEPLOYMENT.value, "certificate_id": cert["id"],
+            "target_id": t["id"], "agent_id": t["agent_id"], "status": JobStatus.PENDING.value, "attempts": 0,
+            "max_attempts": job["max_attempts"], "last_error": None, "deployment_result": None,
+            "scheduled_at": now, "started_at": None, "completed_at": None, "created_at": now, "updated_at": now,
+        } for t in targets]
+        await issuance_repo.insert_jobs(conn, created)
+        return [j["id"] for j in created]
 
     async def _await_csr(self, job: Row) -> str:
         async with self.ctx.db.transaction() as conn:
@@ -316,28 +387,22 @@ class IssuanceService:
 
     # ---- pieces ---------------------------------------------------------------------------------
     async def _plan(self, conn: AsyncConnection, job: Row) -> _Plan:
-        cert = await jobs_repo.get_certificate(conn, job["certificate_id"]) if job["certificate_id"] else None
-        if cert is None:
+        if not job["certificate_id"]:
             raise PermanentIssuanceError(f"job '{job['id']}' has no certificate")
-        issuer = await rows.get_row(conn, issuers, cert["issuer_id"])
+        found = await issuance_repo.plan_rows(conn, job["certificate_id"])
+        if found is None:
+            raise PermanentIssuanceError(f"job '{job['id']}' has no certificate")
+        cert, issuer, profile_row, policy = found
         if issuer is None:
             raise PermanentIssuanceError(f"issuer '{cert['issuer_id']}' of certificate '{cert['id']}' is gone")
         if not issuer["enabled"]:
             raise PermanentIssuanceError(f"issuer '{issuer['id']}' is disabled")
-        profile_row = await self._profile_row(conn, cert)
-        profile = CertificateProfile.model_validate(dict(profile_row)) if profile_row is not None else None
+        profile = self._profiles.get(profile_row) if profile_row is not None else None
         if profile is not None and not profile.enabled:
             raise PermanentIssuanceError(f"profile '{profile.id}' is disabled")
-        policy = await jobs_repo.get_renewal_policy(conn, cert["renewal_policy_id"])
         return _Plan(job=job, cert=cert, issuer=issuer, profile=profile, policy=policy)
 
-    @staticmethod
-    async def _profile_row(conn: AsyncConnection, cert: Row) -> Row | None:
-        if not cert["certificate_profile_id"]:
-            return None
-        return await jobs_repo.get_profile(conn, cert["certificate_profile_id"])
-
-    def _names(self, cert: Row) -> list[x509.GeneralName]:
+    def _names(self, cert: Mapping[Any, Any]) -> list[x509.GeneralName]:
         names: list[x509.GeneralName] = []
         for value in [cert["common_name"], *(cert["sans"] or [])]:
             name = general_name(str(value))
@@ -376,7 +441,7 @@ async def claim_issuing_jobs(service: IssuanceService, *, limit: int) -> list[st
     now = service.ctx.clock.now()
     async with service.ctx.db.transaction() as conn:
         claimed = await job_queue_repo.claim_due(
-            conn, types=ISSUING_JOB_TYPES, now=now, limit=limit, holder=service.holder, lease_until=now + LEASE,
+            conn, types=ISSUING_JOB_TYPES, now=now, limit=limit, holder=service.holder, lease_until=now + service.lease,
         )
     return [job["id"] for job in claimed]
 

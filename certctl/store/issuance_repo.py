@@ -5,17 +5,20 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import and_, exists, insert, or_, select
+from sqlalchemy import and_, exists, insert, not_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from certctl.store.rows import Row
 from certctl.store.schema import (
     certificate_private_keys,
+    certificate_profiles,
     certificate_target_mappings,
     certificate_versions,
     deployment_targets,
+    issuers,
     jobs,
     managed_certificates,
+    renewal_policies,
 )
 
 _v = certificate_versions.c
@@ -91,3 +94,71 @@ async def awaiting_csr_job(conn: AsyncConnection, certificate_id: str, issuing_t
     if conn.dialect.name == "postgresql":
         stmt = stmt.with_for_update()
     return (await conn.execute(stmt)).mappings().first()
+
+
+_PLAN_TABLES = (("c", managed_certificates), ("i", issuers), ("p", certificate_profiles), ("r", renewal_policies))
+
+
+async def plan_rows(
+    conn: AsyncConnection, certificate_id: str
+) -> tuple[Row, Row | None, Row | None, Row | None] | None:
+    """The certificate with its issuer, profile and renewal policy, in one round trip."""
+    mc = managed_certificates.c
+    columns = [col.label(f"{prefix}_{col.name}") for prefix, table in _PLAN_TABLES for col in table.c]
+    stmt = (
+        select(*columns)
+        .select_from(
+            managed_certificates
+            .outerjoin(issuers, issuers.c.id == mc.issuer_id)
+            .outerjoin(certificate_profiles, certificate_profiles.c.id == mc.certificate_profile_id)
+            .outerjoin(renewal_policies, renewal_policies.c.id == mc.renewal_policy_id)
+        )
+        .where(mc.id == certificate_id)
+    )
+    record = (await conn.execute(stmt)).mappings().first()
+    if record is None:
+        return None
+    parts: list[dict[str, Any] | None] = []
+    for prefix, table in _PLAN_TABLES:
+        part = {col.name: record[f"{prefix}_{col.name}"] for col in table.c}
+        parts.append(part if part["id"] is not None else None)
+    cert, issuer, profile, policy = parts
+    assert cert is not None
+    return cert, issuer, profile, policy  # type: ignore[return-value]  # plain dicts read like rows
+
+
+async def activate_certificate(
+    conn: AsyncConnection, certificate_id: str, *, expires_at: Any, now: Any, renewal: bool
+) -> bool:
+    """A new version is live: Active with its expiry, unless the certificate was revoked or archived meanwhile."""
+    mc = managed_certificates.c
+    values: dict[str, Any] = {"status": "Active", "expires_at": expires_at, "updated_at": now}
+    if renewal:
+        values["last_renewal_at"] = now
+    result = await conn.execute(
+        update(managed_certificates)
+        .where(mc.id == certificate_id, not_(mc.status.in_(("Revoked", "Archived"))))
+        .values(**values)
+    )
+    return result.rowcount > 0
+
+
+async def targets_needing_deployment(conn: AsyncConnection, certificate_id: str) -> list[Row]:
+    """Live, enabled targets mapped to the certificate with no open deployment job of it."""
+    t, m = deployment_targets.c, certificate_target_mappings.c
+    open_deploy = exists().where(
+        _j.certificate_id == certificate_id, _j.target_id == t.id, _j.type == "Deployment",
+        _j.status.in_(("Pending", "AwaitingCSR", "AwaitingApproval", "Running")),
+    )
+    stmt = (
+        select(t.id, t.agent_id)
+        .join(certificate_target_mappings, m.target_id == t.id)
+        .where(m.certificate_id == certificate_id, t.retired_at.is_(None), t.enabled.is_(True), not_(open_deploy))
+        .order_by(t.name, t.id)
+    )
+    return list((await conn.execute(stmt)).mappings())
+
+
+async def insert_jobs(conn: AsyncConnection, values: Sequence[Mapping[str, Any]]) -> None:
+    if values:
+        await conn.execute(insert(jobs), list(values))
