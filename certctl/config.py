@@ -211,6 +211,51 @@ def _check_service_variables(env: Mapping[str, str]) -> None:
     for name, value in (("CERTCTL_CA_CERT_PATH", ca_cert), ("CERTCTL_CA_KEY_PATH", ca_key)):
         if value is not None and not Path(value).is_file():
             raise SettingsError(f"{name}: file '{value}' does not exist")
+    # Scheduler and jobs (docs/operations.md "Scheduler and jobs"); read by certctl.scheduler.settings.
+    _bool(env, "CERTCTL_SCHEDULER_ENABLED", True)
+    for name, default, low, high in SCHEDULER_INT_VARIABLES:
+        if not low <= _int(env, name, default) <= high:
+            raise SettingsError(f"{name}: '{env.get(name)}' is not between {low} and {high}")
+    for name, fallback, minimum in SCHEDULER_DURATION_VARIABLES:
+        parse_duration(name, env.get(name) or fallback, minimum)
+
+
+# (variable, default, minimum, maximum)
+SCHEDULER_INT_VARIABLES = (
+    ("CERTCTL_RENEWAL_CONCURRENCY", 25, 1, 1000),
+    ("CERTCTL_JOB_LEASE_SECONDS", 300, 1, 86400),
+    ("CERTCTL_SCHEDULER_LEADER_LEASE_SECONDS", 30, 2, 3600),
+)
+# (variable, default, minimum seconds); values are Go-style durations ("30s", "1h", "1h30m") or plain seconds.
+SCHEDULER_DURATION_VARIABLES = (
+    ("CERTCTL_SCHEDULER_RENEWAL_CHECK_INTERVAL", "1h", 0.1),
+    ("CERTCTL_SCHEDULER_JOB_PROCESSOR_INTERVAL", "30s", 0.1),
+    ("CERTCTL_SCHEDULER_LEASE_REAPER_INTERVAL", "30s", 0.1),
+    ("CERTCTL_JOB_TIMEOUT_INTERVAL", "10m", 0.1),
+    ("CERTCTL_SCHEDULER_AGENT_HEALTH_CHECK_INTERVAL", "2m", 0.1),
+    ("CERTCTL_SHORT_LIVED_EXPIRY_CHECK_INTERVAL", "30s", 0.1),
+    ("CERTCTL_JOB_AWAITING_CSR_TIMEOUT", "24h", 1.0),
+    ("CERTCTL_JOB_AWAITING_APPROVAL_TIMEOUT", "168h", 1.0),
+)
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(name: str, raw: str, minimum: float = 0.0) -> float:
+    """Seconds from a Go-style duration as the reference takes them ("30s", "10m", "168h", "1h30m",
+    "500ms"; also "7d") or a plain number of seconds; raises `SettingsError` naming the variable."""
+    text = raw.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        parts = _DURATION_PART.findall(text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            message = f"{name}: '{raw}' is not a duration like 30s, 10m, 1h30m, 7d or a number of seconds"
+            raise SettingsError(message) from None
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if not math.isfinite(seconds) or seconds < minimum:
+        raise SettingsError(f"{name}: '{raw}' is below the minimum of {minimum:g} seconds")
+    return seconds
 
 
 def parse_named_keys(raw: str) -> tuple[NamedKey, ...]:

@@ -115,6 +115,7 @@ def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settin
         "database_max_conns": 5,  # parallel test workers share PostgreSQL's 100 connections
     }
     values.update(overrides)
+    values["extra"] = {"CERTCTL_SCHEDULER_ENABLED": "false", **values.get("extra", {})}  # tests drive loops directly
     return Settings(**values).validated()
 
 

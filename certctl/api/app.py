@@ -44,6 +44,7 @@ from certctl.config import Settings
 from certctl.domain.clock import Clock
 from certctl.domain.keys import KeyStore
 from certctl.pki.sealing import ConfigSealer, load_or_create_key_file
+from certctl.scheduler import SchedulerSettings, build_scheduler
 from certctl.services.audit import AuditSink
 from certctl.services.bootstrap import ensure_admin_key, seed_defaults, stored_keys
 from certctl.services.ca_service import CAService
@@ -101,9 +102,17 @@ def create_app(settings: Settings, *, clock: Clock | None = None, prepare: bool 
         app.state.services = services
         sink.start()
         log.info("certctl ready", extra={"database": db.dialect, "version": __version__})
+        # The background loops (CERTCTL_SCHEDULER_ENABLED, default on; tests turn it off in make_settings).
+        scheduler_settings = SchedulerSettings.from_env(settings.extra)
+        scheduler = build_scheduler(services, scheduler_settings) if scheduler_settings.enabled else None
+        app.state.scheduler = scheduler
+        if scheduler is not None:
+            await scheduler.start()
         try:
             yield
         finally:
+            if scheduler is not None:
+                await scheduler.stop()  # drained first: its loops use the sink and the database
             await services.certificates.settle_counts()
             await sink.close(timeout=settings.audit_flush_timeout_seconds)
             await db.dispose()

@@ -16,10 +16,12 @@ from certctl.services.context import ServiceContext
 from certctl.services.intermediates import IntermediateService
 from certctl.services.issuance import IssuanceService
 from certctl.services.issuers import IssuerService
+from certctl.services.job_maintenance import JobMaintenanceService
 from certctl.services.jobs import JobService
 from certctl.services.org import OwnerService, TeamService
 from certctl.services.policies import PolicyRuleService
 from certctl.services.profiles import ProfileService
+from certctl.services.renewal import RenewalService
 from certctl.services.renewal_policies import RenewalPolicyService
 from certctl.services.stats import StatsService
 from certctl.services.targets import TargetService
@@ -49,6 +51,8 @@ class Services:
     intermediates: IntermediateService = field(init=False)
     issuance: IssuanceService = field(init=False)
     agent_work: AgentWorkService = field(init=False)
+    renewal: RenewalService = field(init=False)
+    job_maintenance: JobMaintenanceService = field(init=False)
 
     def __post_init__(self) -> None:
         self.audit = AuditService(self.ctx.db)
@@ -70,3 +74,5 @@ class Services:
         self.intermediates = IntermediateService(self.ctx, self.cas)
         self.issuance = IssuanceService(self.ctx, self.cas)
         self.agent_work = AgentWorkService(self.ctx)
+        self.renewal = RenewalService(self.ctx, self.certificate_actions)
+        self.job_maintenance = JobMaintenanceService(self.issuance)
