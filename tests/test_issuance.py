@@ -377,3 +377,95 @@ async def test_openssl_sees_the_issued_chain_text(server_api: Api, tmp_path: Pat
     text = openssl("x509", "-in", str(tmp_path / "leaf.pem"), "-noout", "-text").stdout
     assert "CA:FALSE" in text and "OCSP - URI:" in text and "CA Issuers - URI:" in text
     assert "X509v3 CRL Distribution Points" in text and "X509v3 Subject Key Identifier" in text
+
+
+async def test_exports_of_an_issued_certificate_open_with_openssl_and_hold_no_key(
+    server_api: Api, tmp_path: Path
+) -> None:
+    api = server_api
+    cert = await factories.seed_certificate(api)
+    await _renew(api, cert["id"])
+    await run_due_issuing_jobs(api.services.issuance)
+    [version] = await _versions(api, cert["id"])
+    pem = (await api.admin.get(f"/api/v1/certificates/{cert['id']}/export/pem")).json()
+    blocks = split_pem(version["pem_chain"])
+    assert pem["cert_pem"] == blocks[0] and pem["chain_pem"] == "".join(blocks[1:])
+    assert pem["full_pem"] == "".join(blocks) and "PRIVATE KEY" not in str(pem)
+
+    response = await api.admin.post(f"/api/v1/certificates/{cert['id']}/export/pkcs12",
+                                    json={"password": "s3cret-Pass"})
+    assert response.status_code == 200, response.text
+    (tmp_path / "bundle.p12").write_bytes(response.content)
+    shown = openssl("pkcs12", "-in", str(tmp_path / "bundle.p12"), "-passin", "pass:s3cret-Pass", "-nokeys",
+                    "-info").stdout + openssl("pkcs12", "-in", str(tmp_path / "bundle.p12"), "-passin",
+                                              "pass:s3cret-Pass", "-nokeys", "-info").stderr
+    assert shown.count("BEGIN CERTIFICATE") == len(blocks)
+    assert "Shrouded Keybag" not in shown and "PRIVATE KEY" not in shown
+    wrong = openssl("pkcs12", "-in", str(tmp_path / "bundle.p12"), "-passin", "pass:wrong", "-nokeys", check=False)
+    assert wrong.returncode != 0
+
+
+async def test_a_new_local_issuer_gets_its_own_root_with_the_configured_algorithm(server_api: Api) -> None:
+    api = server_api
+    bad = await api.admin.post("/api/v1/issuers", json={"name": "bad-ca", "type": "GenericCA",
+                                                        "config": {"key_algorithm": "DSA-1024"}})
+    assert bad.status_code == 400 and "key_algorithm" in bad.text
+    created = await api.admin.post("/api/v1/issuers", json={
+        "name": "team-ca", "type": "GenericCA",
+        "config": {"key_algorithm": "RSA-3072", "ca_common_name": "Team CA", "validity_days": 30}})
+    assert created.status_code == 201, created.text
+    issuer_id = created.json()["id"]
+    cert = await factories.seed_certificate(api, issuer_id=issuer_id)
+    await _renew(api, cert["id"])
+    assert await run_due_issuing_jobs(api.services.issuance) == {"Completed": 1}
+    [version] = await _versions(api, cert["id"])
+    blocks = split_pem(version["pem_chain"])
+    root = x509.load_pem_x509_certificate(blocks[-1].encode())
+    leaf = x509.load_pem_x509_certificate(blocks[0].encode())
+    assert root.subject.rfc4514_string() == "CN=Team CA"
+    assert isinstance(root.public_key(), rsa.RSAPublicKey) and root.public_key().key_size == 3072
+    assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == timedelta(days=30)
+
+
+async def test_sub_ca_mode_signs_with_the_operators_ca_and_ships_its_chain(
+    database_url: str, tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime
+
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    from certctl.pki.ca import build_root, ca_name
+    from certctl.pki.signers import SoftwareSigner
+
+    now = datetime.now(UTC)
+    root_key = ec.generate_private_key(ec.SECP384R1())
+    root = build_root(SoftwareSigner("m", root_key), ca_name("Corp Root"), now, timedelta(days=3650))
+    sub_key = ec.generate_private_key(ec.SECP256R1())
+    sub = (x509.CertificateBuilder().subject_name(ca_name("Corp Issuing")).issuer_name(root.subject)
+           .public_key(sub_key.public_key()).serial_number(x509.random_serial_number())
+           .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1000))
+           .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+           .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
+           .add_extension(x509.SubjectKeyIdentifier.from_public_key(sub_key.public_key()), critical=False)
+           .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), critical=False)
+           .sign(root_key, hashes.SHA384()))
+    pem = serialization.Encoding.PEM
+    (tmp_path / "ca.pem").write_bytes(sub.public_bytes(pem) + root.public_bytes(pem))
+    (tmp_path / "ca.key").write_bytes(sub_key.private_bytes(pem, serialization.PrivateFormat.TraditionalOpenSSL,
+                                                           serialization.NoEncryption()))
+    (tmp_path / "ca.key").chmod(0o600)
+    settings = make_settings(database_url, tmp_path / "sub", keygen_mode="server", extra={
+        "CERTCTL_CA_CERT_PATH": str(tmp_path / "ca.pem"), "CERTCTL_CA_KEY_PATH": str(tmp_path / "ca.key")})
+    api, lifespan = await start_api(settings)
+    try:
+        cert = await factories.seed_certificate(api)
+        await _renew(api, cert["id"])
+        assert await run_due_issuing_jobs(api.services.issuance) == {"Completed": 1}
+        [version] = await _versions(api, cert["id"])
+    finally:
+        await stop_api(api, lifespan)
+    blocks = split_pem(version["pem_chain"])
+    assert len(blocks) == 3  # leaf, the operator's issuing CA, and its root
+    assert x509.load_pem_x509_certificate(blocks[0].encode()).issuer == sub.subject
+    result = verify_chain(tmp_path, version["pem_chain"], "-x509_strict")
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -46,8 +46,10 @@ ISSUER_RULES: dict[IssuerType, ConfigRules] = {
         together=(("eab_kid", "eab_hmac"),),
     ),
     IssuerType.GENERIC_CA: ConfigRules(
-        positive_ints=("validity_days",),
+        positive_ints=("validity_days", "ca_validity_days"),
         together=(("ca_cert_path", "ca_key_path"),),
+        # The root generated on first use (key spec names as in certctl.pki.signers).
+        choices={"key_algorithm": ("ECDSA-P256", "ECDSA-P384", "RSA-2048", "RSA-3072", "RSA-4096", "Ed25519")},
     ),
     IssuerType.STEP_CA: ConfigRules(
         required=(("ca_url", "url"), ("provisioner_name", "provisioner")),
