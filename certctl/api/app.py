@@ -44,6 +44,7 @@ from certctl.config import Settings
 from certctl.domain.clock import Clock
 from certctl.domain.keys import KeyStore
 from certctl.pki.sealing import ConfigSealer, load_or_create_key_file
+from certctl.protocols import pki_status
 from certctl.scheduler import SchedulerSettings, build_scheduler
 from certctl.services.audit import AuditSink
 from certctl.services.bootstrap import ensure_admin_key, seed_defaults, stored_keys
@@ -75,6 +76,7 @@ ROUTERS = [
     targets.router,
     agents.router,
     intermediates.router,
+    pki_status.router,
 ]
 
 
@@ -113,6 +115,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, prepare: bool 
         finally:
             if scheduler is not None:
                 await scheduler.stop()  # drained first: its loops use the sink and the database
+            await services.status.aclose()
             await services.certificates.settle_counts()
             await sink.close(timeout=settings.audit_flush_timeout_seconds)
             await db.dispose()
@@ -145,6 +148,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, prepare: bool 
     )
     app.add_middleware(CorsMiddleware, origins=settings.cors_origins)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_size)
+    # OCSP is answered here, before the API layers it has no use for (see pki_status.OcspFastPath).
+    app.add_middleware(pki_status.OcspFastPath)
     app.add_middleware(RequestContextMiddleware)
     return app
 

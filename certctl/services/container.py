@@ -24,6 +24,7 @@ from certctl.services.profiles import ProfileService
 from certctl.services.renewal import RenewalService
 from certctl.services.renewal_policies import RenewalPolicyService
 from certctl.services.stats import StatsService
+from certctl.services.status import StatusService
 from certctl.services.targets import TargetService
 
 
@@ -51,6 +52,7 @@ class Services:
     intermediates: IntermediateService = field(init=False)
     issuance: IssuanceService = field(init=False)
     agent_work: AgentWorkService = field(init=False)
+    status: StatusService = field(init=False)
     renewal: RenewalService = field(init=False)
     job_maintenance: JobMaintenanceService = field(init=False)
 
@@ -74,5 +76,6 @@ class Services:
         self.intermediates = IntermediateService(self.ctx, self.cas)
         self.issuance = IssuanceService(self.ctx, self.cas)
         self.agent_work = AgentWorkService(self.ctx)
+        self.status = StatusService(self.ctx, self.cas)
         self.renewal = RenewalService(self.ctx, self.certificate_actions)
         self.job_maintenance = JobMaintenanceService(self.issuance)

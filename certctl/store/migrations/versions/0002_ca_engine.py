@@ -41,6 +41,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_revocations_ca", "certificate_revocations", ["ca_id", "serial_number"], unique=False)
     op.create_index("ix_revocations_certificate", "certificate_revocations", ["certificate_id"], unique=False)
+    op.create_index("ix_revocations_created", "certificate_revocations", ["created_at"], unique=False)
     op.create_index(
         "uq_revocations_issuer_serial", "certificate_revocations", ["issuer_id", "serial_number"], unique=True
     )
@@ -231,6 +232,7 @@ def downgrade() -> None:
     op.drop_index("ix_crl_events_ca", table_name="crl_generation_events")
     op.drop_table("crl_generation_events")
     op.drop_index("uq_revocations_issuer_serial", table_name="certificate_revocations")
+    op.drop_index("ix_revocations_created", table_name="certificate_revocations")
     op.drop_index("ix_revocations_certificate", table_name="certificate_revocations")
     op.drop_index("ix_revocations_ca", table_name="certificate_revocations")
     op.drop_table("certificate_revocations")
