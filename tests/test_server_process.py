@@ -23,6 +23,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from alembic.config import Config
+from alembic.script import ScriptDirectory
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -277,7 +279,8 @@ def test_postgresql_with_workers(tmp_path: Path, pg_database: str) -> None:
         assert server.stop() == 0
         err = server.err(1).read_text()
         assert err.count('"msg":"certctl ready"') == 2, "two workers served"
-        assert err.count("Running upgrade") == 1, "migrations ran once, in the parent"
+        revisions = len(list(migrate_scripts().walk_revisions()))
+        assert err.count("Running upgrade") == revisions, "each migration ran once, in the parent"
     finally:
         server.kill()
 
@@ -292,3 +295,11 @@ def test_postgresql_with_workers(tmp_path: Path, pg_database: str) -> None:
     ).stdout.strip()
     assert audited == "6", "every worker flushed its audit events on SIGTERM"
     assert PG_ADMIN_URL.startswith("postgresql://")
+
+
+def migrate_scripts() -> ScriptDirectory:
+    from certctl.store.migrate import MIGRATIONS_DIR
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return ScriptDirectory.from_config(cfg)
