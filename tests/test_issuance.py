@@ -469,3 +469,53 @@ async def test_sub_ca_mode_signs_with_the_operators_ca_and_ships_its_chain(
     assert x509.load_pem_x509_certificate(blocks[0].encode()).issuer == sub.subject
     result = verify_chain(tmp_path, version["pem_chain"], "-x509_strict")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+async def test_issue_revoke_then_crl_and_ocsp_tell_relying_parties(server_api: Api, tmp_path: Path) -> None:
+    """The whole path through the API: issue, revoke, and the CRL and OCSP answers that follow at once."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509 import ocsp
+
+    api = server_api
+    cert = await factories.seed_certificate(api)
+    await _renew(api, cert["id"])
+    await run_due_issuing_jobs(api.services.issuance)
+    [version] = await _versions(api, cert["id"])
+    blocks = split_pem(version["pem_chain"])
+    leaf, issuer = (x509.load_pem_x509_certificate(b.encode()) for b in (blocks[0], blocks[1]))
+    ca_id = (await _version_row(api, version["id"]))["ca_id"]
+
+    def ocsp_request() -> bytes:
+        built = ocsp.OCSPRequestBuilder().add_certificate(leaf, issuer, hashes.SHA1()).build()
+        return built.public_bytes(serialization.Encoding.DER)
+
+    async def ask() -> ocsp.OCSPResponse:
+        response = await api.anon.post(f"/.well-known/pki/ocsp/{ca_id}", content=ocsp_request(),
+                                       headers={"Content-Type": "application/ocsp-request"})
+        assert response.status_code == 200, response.text
+        return ocsp.load_der_ocsp_response(response.content)
+
+    assert (await ask()).certificate_status == ocsp.OCSPCertStatus.GOOD
+    response = await api.admin.post(f"/api/v1/certificates/{cert['id']}/revoke", json={"reason": "superseded"})
+    assert response.status_code == 200, response.text
+    answer = await ask()
+    assert answer.certificate_status == ocsp.OCSPCertStatus.REVOKED
+    assert answer.revocation_reason == x509.ReasonFlags.superseded
+
+    import asyncio
+
+    for _ in range(50):  # the CRL is rebuilt in the background right after the revocation commits
+        crl_response = await api.anon.get(f"/.well-known/pki/crl/{ca_id}")
+        assert crl_response.status_code == 200
+        crl = x509.load_der_x509_crl(crl_response.content)
+        if crl.get_revoked_certificate_by_serial_number(leaf.serial_number) is not None:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the revoked serial never reached the CRL")
+    (tmp_path / "crl.der").write_bytes(crl_response.content)
+    text = openssl("crl", "-inform", "DER", "-in", str(tmp_path / "crl.der"), "-noout", "-text").stdout
+    assert format(leaf.serial_number, "X").rjust(2, "0") in text.replace(":", "").upper() and "Superseded" in text
+    (tmp_path / "crl.pem").write_text(openssl("crl", "-inform", "DER", "-in", str(tmp_path / "crl.der")).stdout)
+    result = verify_chain(tmp_path, version["pem_chain"], "-crl_check", "-CRLfile", str(tmp_path / "crl.pem"))
+    assert result.returncode != 0 and "certificate revoked" in result.stdout + result.stderr

@@ -77,5 +77,7 @@ class Services:
         self.issuance = IssuanceService(self.ctx, self.cas)
         self.agent_work = AgentWorkService(self.ctx)
         self.status = StatusService(self.ctx, self.cas)
+        # A revocation reaches CRL and OCSP right after it commits, not at the next scheduled rebuild.
+        self.certificate_actions.after_revoke = self.status.revoked
         self.renewal = RenewalService(self.ctx, self.certificate_actions)
         self.job_maintenance = JobMaintenanceService(self.issuance)
