@@ -19,6 +19,7 @@ unique job_id on versions makes a second stored version for one job impossible.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import socket
@@ -242,7 +243,12 @@ class IssuanceService:
             else:
                 rules = [(r.algorithm.value, r.min_size) for r in plan.profile.allowed_key_algorithms] \
                     if plan.profile else []
-                private_key, key_algorithm, key_size = generate_leaf_key(rules)
+                if rules and rules[0][0].upper() == "RSA":
+                    # RSA key generation takes 50-500 ms and releases the GIL: off the event loop, so the API
+                    # and the rest of the processor's batch keep moving (EC keys take microseconds).
+                    private_key, key_algorithm, key_size = await asyncio.to_thread(generate_leaf_key, rules)
+                else:
+                    private_key, key_algorithm, key_size = generate_leaf_key(rules)
                 public_key = private_key.public_key()
                 key_pem = private_key_pem(private_key)
             request = self._leaf_request(plan, public_key)
