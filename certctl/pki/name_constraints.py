@@ -101,13 +101,31 @@ def subtree_is_within(child: x509.GeneralName, parent_subtrees: Sequence[x509.Ge
             isinstance(p.value, type(net)) and net.subnet_of(p.value)  # type: ignore[arg-type]  # same version
             for p in same_type if isinstance(p, x509.IPAddress)
         )
-    if isinstance(child, x509.DNSName | x509.UniformResourceIdentifier):
-        # Both are host specs in a constraint: ".example.com" (subdomains) or "example.com".
-        return any(_dns_within(child.value.lstrip("."), p.value) for p in same_type)
+    if isinstance(child, x509.DNSName):
+        return any(_dns_subtree_within(child.value.lower(), p.value.lower()) for p in same_type)
+    if isinstance(child, x509.UniformResourceIdentifier):
+        return any(_uri_subtree_within(child.value.lower(), p.value.lower()) for p in same_type)
     if isinstance(child, x509.RFC822Name):
         return any(_email_within(child.value if "@" in child.value else "x@" + child.value.lstrip("."), p.value)
                    for p in same_type)
     return False
+
+
+def _dns_subtree_within(child: str, parent: str) -> bool:
+    """DNS subtrees: "x" is x and its subdomains, ".x" its subdomains only; is every name of child in parent?"""
+    if not parent:
+        return True
+    if parent.startswith("."):
+        return child.endswith(parent)
+    base = child[1:] if child.startswith(".") else child
+    return base == parent or base.endswith("." + parent)
+
+
+def _uri_subtree_within(child: str, parent: str) -> bool:
+    """URI host specs (RFC 5280 §4.2.1.10): "x" is exactly host x, ".x" any host below x."""
+    if parent.startswith("."):
+        return child.endswith(parent)
+    return child == parent
 
 
 def _show(name: x509.GeneralName) -> str:
