@@ -18,7 +18,7 @@ from certctl.store import leases_repo
 from certctl.store.database import Database
 from tests import factories
 from tests.conftest import Api
-from tests.scheduler_helpers import clocked_api, fake_clock, job
+from tests.scheduler_helpers import cert, clock_of, clocked_api, fake_clock, job
 
 # ---- settings ---------------------------------------------------------------------------------------------
 
@@ -301,3 +301,40 @@ async def test_lifespan_starts_and_drains_the_scheduler_only_when_enabled(databa
     # Shut down: the leases were released (another server would take over at once).
     async with clocked_api(database_url, tmp_path / "after") as api:
         assert await _leases(api) == {}
+
+
+async def test_each_loop_reaches_its_service(database_url: str, tmp_path: Path) -> None:
+    """The wiring: every loop of the table, run through the scheduler's guards, does its work."""
+    async with clocked_api(database_url, tmp_path / "w", keygen_mode="server") as api:
+        clock = clock_of(api)
+        scheduler = build_scheduler(api.services, SchedulerSettings())
+        with_status = hasattr(api.services, "status")  # the CRL/OCSP service (built alongside this work)
+        assert set(scheduler.loops) == {"job_processor", "lease_reaper", "job_timeouts", "renewal_scan",
+                                        "agent_health", "short_lived_expiry"} | ({"crl_pregeneration"} if with_status
+                                                                                 else set())
+        assert [n for n, loop in scheduler.loops.items() if not loop.leader_only] == ["job_processor"]
+
+        agent_id = await factories.seed_agent(api, last_heartbeat_at=clock.now() - timedelta(minutes=10))
+        short_lived = await factories.seed_profile(api, allow_short_lived=True, max_ttl_seconds=300)
+        fleeting = await factories.seed_certificate(api, certificate_profile_id=short_lived,
+                                                    expires_at=clock.now() - timedelta(seconds=1))
+        due = await factories.seed_certificate(api, expires_at=clock.now() + timedelta(days=3))
+
+        async def run(name: str) -> Any:
+            result = await scheduler.run_once(name)
+            assert result.outcome == "ran", result
+            return result.result
+
+        assert await run("agent_health") == (agent_id,)
+        assert await run("short_lived_expiry") == 1
+        assert (await cert(api, fleeting["id"]))["status"] == "Expired"
+        [job_id] = (await run("renewal_scan")).renewals
+        assert await run("job_processor") == {"Completed": 1}
+        assert (await job(api, job_id))["status"] == "Completed" and (await cert(api, due["id"]))["status"] == "Active"
+        assert await run("lease_reaper") == {}
+        assert await run("job_timeouts") == {"orphaned_approvals_expired": 0}
+        if with_status:
+            assert not scheduler.loops["crl_pregeneration"].run_at_start  # the reference's "no first run"
+            crl = await run("crl_pregeneration")
+            assert isinstance(crl, dict) and crl.get("failed", 0) == 0
+        await scheduler.stop()
