@@ -51,13 +51,16 @@ async def test_register_get_list(api: Api) -> None:
     assert created["id"].startswith("agent-") and created["status"] == "Offline"
     assert created["last_heartbeat_at"] is None and created["registered_at"] is not None
     assert created["ip_address"] == "10.0.0.5" and created["retired_at"] is None
-    assert "api_key_hash" not in created and "api_key" not in created
+    assert "api_key_hash" not in created
+    api_key = created.pop("api_key")  # the agent's own key: in the registration answer only
+    assert api_key.startswith(f"cca.{created['id']}.")
 
     raw = await _row(api, agents, created["id"])
     assert len(raw["api_key_hash"]) == 64 and int(raw["api_key_hash"], 16) >= 0  # SHA-256 hex only
+    assert api_key not in str(dict(raw))
 
     got = await api.admin.get(f"/api/v1/agents/{created['id']}")
-    assert got.status_code == 200 and got.json() == created and "api_key_hash" not in got.text
+    assert got.status_code == 200 and got.json() == created and "api_key" not in got.text
     listed = (await api.admin.get("/api/v1/agents")).json()
     assert listed["total"] == 1 and listed["data"] == [created]
     assert await api.audit_actions("agent") == ["agent_registered"]

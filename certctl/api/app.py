@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from certctl import __version__
 from certctl.api.errors import install_error_handlers
 from certctl.api.middleware import (
+    AgentKeyCache,
     AuditMiddleware,
     AuthMiddleware,
     BodyLimitMiddleware,
@@ -102,6 +103,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, prepare: bool 
         for stored in await stored_keys(ctx):
             keys.add_hash(stored.key_hash, stored.name, stored.admin)
         app.state.services = services
+        app.state.agent_keys = AgentKeyCache(services.agents.credential_hash)
         sink.start()
         log.info("certctl ready", extra={"database": db.dialect, "version": __version__})
         # The background loops (CERTCTL_SCHEDULER_ENABLED, default on; tests turn it off in make_settings).
@@ -144,7 +146,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, prepare: bool 
         per_ip=TokenBuckets(settings.rate_limit_rps, settings.rate_limit_burst),
     )
     app.add_middleware(
-        AuthMiddleware, auth_type=settings.auth_type, keys=keys, bootstrap_token=settings.agent_bootstrap_token
+        AuthMiddleware, auth_type=settings.auth_type, keys=keys, bootstrap_token=settings.agent_bootstrap_token,
+        agent_keys=lambda: getattr(app.state, "agent_keys", None),
     )
     app.add_middleware(CorsMiddleware, origins=settings.cors_origins)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_size)

@@ -26,7 +26,7 @@ from certctl.api.errors import error_response
 from certctl.api.ratelimit import TokenBuckets, retry_after_header
 from certctl.domain.actor import ANONYMOUS, Actor
 from certctl.domain.enums import ActorType
-from certctl.domain.keys import KeyStore
+from certctl.domain.keys import KeyStore, agent_of_key, key_matches
 from certctl.logs import request_id_var
 from certctl.services.audit import AuditSink, build_event
 
@@ -280,18 +280,54 @@ class CorsMiddleware:
         await self.app(scope, receive, send_with_cors)
 
 
+class AgentKeyCache:
+    """Agent credentials, checked against the stored hash of the agent the key names.
+
+    Hashes are kept for `ttl` seconds per process (so a rotated or retired agent's old key stops
+    working everywhere within that time) and looked up with the function the app provides.
+    """
+
+    def __init__(self, lookup: Callable[[str], Awaitable[str | None]], *, ttl: float = 60.0) -> None:
+        self.lookup = lookup
+        self.ttl = ttl
+        self._hashes: dict[str, tuple[float, str | None]] = {}
+
+    async def verify(self, token: str) -> str | None:
+        """The agent id when the token is that agent's current key."""
+        agent_id = agent_of_key(token)
+        if agent_id is None:
+            return None
+        now = time.monotonic()
+        cached = self._hashes.get(agent_id)
+        if cached is None or cached[0] < now:
+            if len(self._hashes) > 100_000:
+                self._hashes.clear()
+            cached = (now + self.ttl, await self.lookup(agent_id))
+            self._hashes[agent_id] = cached
+        stored = cached[1]
+        return agent_id if stored is not None and key_matches(token, stored) else None
+
+    def forget(self, agent_id: str) -> None:
+        self._hashes.pop(agent_id, None)
+
+
 class AuthMiddleware:
-    """Resolves the caller; rejects with 401 only after the rate limiter has seen the attempt."""
+    """Resolves the caller; rejects with 401 only after the rate limiter has seen the attempt.
+
+    An agent's own key is good for its own `/api/v1/agents/{id}` routes only (403 elsewhere).
+    """
 
     def __init__(
-        self, app: ASGIApp, *, auth_type: str, keys: KeyStore, bootstrap_token: str | None
+        self, app: ASGIApp, *, auth_type: str, keys: KeyStore, bootstrap_token: str | None,
+        agent_keys: Callable[[], AgentKeyCache | None] = lambda: None,
     ) -> None:
         self.app = app
         self.auth_type = auth_type
         self.keys = keys
         self.bootstrap_token = bootstrap_token.encode() if bootstrap_token else None
+        self.agent_keys = agent_keys
 
-    def resolve(self, scope: Scope) -> Actor | None:
+    async def resolve(self, scope: Scope) -> Actor | None:
         if self.auth_type == "none":
             return ANONYMOUS  # never admin, and never enough to decide an approval
         header = _header(scope, b"authorization")
@@ -310,6 +346,11 @@ class AuthMiddleware:
             and hmac.compare_digest(token.encode(), self.bootstrap_token)
         ):
             return Actor("agent-bootstrap", ActorType.AGENT, admin=False)
+        cache = self.agent_keys()
+        if cache is not None:
+            agent_id = await cache.verify(token)
+            if agent_id is not None:
+                return Actor(agent_id, ActorType.AGENT, admin=False)
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -317,11 +358,22 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         state = _state(scope)
-        actor = self.resolve(scope)
+        actor = await self.resolve(scope)
         if actor is not None:
             state["actor"] = actor
         state["auth_required"] = needs_auth(scope["path"])
+        if (
+            actor is not None and actor.actor_type is ActorType.AGENT and actor.name != "agent-bootstrap"
+            and state["auth_required"] and not _agent_may(actor.name, scope["path"])
+        ):
+            await _send_error(scope, send, 403, "an agent key may only call its own /api/v1/agents/{id} routes")
+            return
         await self.app(scope, receive, send)
+
+
+def _agent_may(agent_id: str, path: str) -> bool:
+    own = f"/api/v1/agents/{agent_id}"
+    return path == own or path.startswith(own + "/") or path == "/api/v1/auth/check"
 
 
 class RateLimitMiddleware:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 from dataclasses import dataclass
 
 
@@ -37,3 +38,23 @@ class KeyStore:
             if hmac.compare_digest(stored, presented):
                 found = identity
         return found
+
+
+AGENT_KEY_PREFIX = "cca."
+
+
+def agent_key(agent_id: str) -> str:
+    """A new agent credential: `cca.<agent id>.<secret>`; the id lets the server find the one hash to check."""
+    return f"{AGENT_KEY_PREFIX}{agent_id}.{secrets.token_urlsafe(32)}"
+
+
+def agent_of_key(token: str) -> str | None:
+    """The agent id an agent credential names, or None when the token is not one."""
+    if not token.startswith(AGENT_KEY_PREFIX):
+        return None
+    agent_id, dot, secret = token[len(AGENT_KEY_PREFIX):].rpartition(".")
+    return agent_id if dot and agent_id and secret else None
+
+
+def key_matches(token: str, key_hash: str) -> bool:
+    return hmac.compare_digest(hashlib.sha256(token.encode()).digest(), bytes.fromhex(key_hash))

@@ -5,7 +5,6 @@ Work polling and CSR submission belong to the job pipeline, not here.
 
 from __future__ import annotations
 
-import secrets
 from datetime import timedelta
 from typing import Any
 
@@ -13,12 +12,13 @@ from certctl.domain.actor import Actor
 from certctl.domain.enums import AgentStatus
 from certctl.domain.errors import ConflictError, ForbiddenError, GoneError, NotFoundError, ValidationError
 from certctl.domain.ids import new_id
-from certctl.domain.keys import hash_key
+from certctl.domain.keys import agent_key, hash_key
 from certctl.domain.models.agents import (
     SENTINEL_AGENT_IDS,
     Agent,
     AgentDependencyCounts,
     AgentRegister,
+    AgentRegistered,
     Heartbeat,
     RetireAgentResponse,
 )
@@ -52,11 +52,12 @@ class AgentService:
         return [Agent.model_validate(dict(r)) for r in found], total
 
     # ---- registration ---------------------------------------------------------------------------
-    async def register(self, actor: Actor, data: AgentRegister) -> Agent:
-        """Create the agent row (Offline until its first heartbeat).
+    async def register(self, actor: Actor, data: AgentRegister) -> AgentRegistered:
+        """Create the agent row (Offline until its first heartbeat) with a credential of its own.
 
-        A per-agent key is generated and only its SHA-256 is kept; the key itself is never
-        returned or stored, as in the reference (agents authenticate with an API key).
+        The key is returned once and only its SHA-256 is kept. The agent authenticates with it
+        for its own `/api/v1/agents/{id}/...` routes only, so a leaked agent key is not an
+        operator key (the reference gave agents the shared server key).
         """
         agent_id = data.id or new_id("agent")
         if agent_id in SENTINEL_AGENT_IDS:
@@ -69,7 +70,7 @@ class AgentService:
             "status": AgentStatus.OFFLINE.value,
             "last_heartbeat_at": None,
             "registered_at": now,
-            "api_key_hash": hash_key("cca_" + secrets.token_urlsafe(32)),
+            "api_key_hash": hash_key(api_key := agent_key(agent_id)),
             "os": data.os,
             "architecture": data.architecture,
             "ip_address": data.ip_address,
@@ -89,7 +90,29 @@ class AgentService:
             )
             row = await rows.get_row(conn, agents, agent_id)
         assert row is not None
-        return Agent.model_validate(dict(row))
+        return AgentRegistered.model_validate({**dict(row), "api_key": api_key})
+
+    async def credential_hash(self, agent_id: str) -> str | None:
+        """The stored hash of the agent's own key (for the auth layer), None for an unknown agent."""
+        async with self.ctx.db.read() as conn:
+            row = await rows.get_row(conn, agents, agent_id)
+        return str(row["api_key_hash"]) if row is not None and row["api_key_hash"] else None
+
+    async def rotate_key(self, actor: Actor, agent_id: str) -> AgentRegistered:
+        """A new key for the agent (the old one stops working at once, on every server within a minute)."""
+        now = self.ctx.clock.now()
+        api_key = agent_key(agent_id)
+        async with self.ctx.db.transaction() as conn:
+            current = await rows.get_row_for_update(conn, agents, agent_id)
+            if current is None:
+                raise NotFoundError.of("agent", agent_id)
+            if current["retired_at"] is not None:
+                raise GoneError(f"agent '{agent_id}' is retired")
+            await rows.update_row(conn, agents, agent_id, {"api_key_hash": hash_key(api_key), "updated_at": now})
+            await audit.record(conn, self.ctx.clock, actor, "agent_key_rotated", "agent", agent_id, {})
+            row = await rows.get_row(conn, agents, agent_id)
+        assert row is not None
+        return AgentRegistered.model_validate({**dict(row), "api_key": api_key})
 
     # ---- heartbeat ------------------------------------------------------------------------------
     async def heartbeat(self, actor: Actor, agent_id: str, beat: Heartbeat) -> None:

@@ -8,11 +8,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
-from certctl.api.deps import ActorDep, PageDep, ServicesDep
-from certctl.domain.models.agent_work import CertificatePickup, CSRAccepted, CSRSubmit, WorkList
-from certctl.domain.models.agents import Agent, AgentRegister, Heartbeat, RetireAgentResponse
+from certctl.api.deps import ActorDep, AdminDep, PageDep, ServicesDep
+from certctl.domain.models.agent_work import (
+    CertificatePickup,
+    CSRAccepted,
+    CSRSubmit,
+    JobStatusAccepted,
+    JobStatusReport,
+    WorkList,
+)
+from certctl.domain.models.agents import Agent, AgentRegister, AgentRegistered, Heartbeat, RetireAgentResponse
 from certctl.domain.models.common import Page, StatusBody
 
 router = APIRouter(prefix="/api/v1/agents", tags=["Agents"])
@@ -27,7 +34,8 @@ async def list_agents(services: ServicesDep, page: PageDep) -> Page[Agent]:
 
 
 @router.post("", status_code=201, summary="Register agent", responses={409: {"description": "name taken"}})
-async def register_agent(body: AgentRegister, services: ServicesDep, actor: ActorDep) -> Agent:
+async def register_agent(body: AgentRegister, services: ServicesDep, actor: ActorDep) -> AgentRegistered:
+    """The answer carries the agent's own API key (`api_key`), shown this once."""
     return await services.agents.register(actor, body)
 
 
@@ -49,6 +57,15 @@ async def heartbeat(id: str, services: ServicesDep, actor: ActorDep, body: Heart
     return StatusBody(status="ok")
 
 
+@router.post("/{id}/rotate-key", summary="Give the agent a new API key (admin)")
+async def rotate_agent_key(id: str, request: Request, services: ServicesDep, actor: AdminDep) -> AgentRegistered:
+    rotated = await services.agents.rotate_key(actor, id)
+    cache = getattr(request.app.state, "agent_keys", None)
+    if cache is not None:
+        cache.forget(id)
+    return rotated
+
+
 @router.get("/{id}/work", summary="Get pending work (AwaitingCSR and deployment jobs)")
 async def agent_work(id: str, services: ServicesDep) -> WorkList:
     return await services.agent_work.work(id)
@@ -62,6 +79,16 @@ async def agent_work(id: str, services: ServicesDep) -> WorkList:
 )
 async def submit_csr(id: str, body: CSRSubmit, services: ServicesDep, actor: ActorDep) -> CSRAccepted:
     return await services.issuance.submit_csr(actor, id, body.csr_pem, body.certificate_id, body.job_id)
+
+
+@router.post(
+    "/{id}/jobs/{job_id}/status", summary="Report a deployment job's status",
+    responses={403: {"description": "not this agent's job"}, 409: {"description": "not a deployment job, or illegal"}},
+)
+async def report_job_status(
+    id: str, job_id: str, body: JobStatusReport, services: ServicesDep, actor: ActorDep
+) -> JobStatusAccepted:
+    return await services.agent_work.report_status(actor, id, job_id, body)
 
 
 @router.get("/{id}/certificates/{cert_id}", summary="Pick up the signed certificate")

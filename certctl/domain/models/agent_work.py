@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from certctl.domain.enums import JobStatus, JobType
 from certctl.domain.models.common import InputModel, WireModel
@@ -51,3 +51,29 @@ class CertificatePickup(WireModel):
     not_before: datetime
     not_after: datetime
     fingerprint_sha256: str
+
+
+class VerificationReport(InputModel):
+    status: Literal["success", "failed", "skipped"]
+    fingerprint: str | None = Field(default=None, max_length=128)
+    error: str | None = Field(default=None, max_length=4096)
+
+
+class JobStatusReport(InputModel):
+    """What an agent says about a deployment job it runs (reference: `{status, error}`; the rest is ours)."""
+
+    status: Literal["Running", "Completed", "Failed"]
+    error: str | None = Field(default=None, max_length=4096)
+    deployment_result: dict[str, Any] | None = None
+    verification: VerificationReport | None = None
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _title_case(cls, value: Any) -> Any:
+        return value.strip().title().replace("_", "") if isinstance(value, str) else value
+
+
+class JobStatusAccepted(WireModel):
+    status: str
+    job_id: str
+    job_status: JobStatus

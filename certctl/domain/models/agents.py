@@ -31,6 +31,12 @@ class Agent(WireModel):
     retired_reason: str | None
 
 
+class AgentRegistered(Agent):
+    """The registration answer: the agent plus its own API key, shown this once (only its hash is kept)."""
+
+    api_key: str
+
+
 def _check_ip(value: str | None) -> str | None:
     if value:
         try:
