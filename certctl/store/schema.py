@@ -471,3 +471,78 @@ scheduler_leases = Table(
     Column("expires_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )
+
+
+# ---- Discovery (issue 4) -------------------------------------------------------------------------
+
+# CIDR ranges and ports the server's network scanner probes for TLS certificates (connectors.md §5).
+network_scan_targets = Table(
+    "network_scan_targets", metadata, _id(),
+    Column("name", Text, nullable=False, unique=True),
+    Column("cidrs", JSONType, nullable=False),  # normalised, each at most /20
+    Column("ports", JSONType, nullable=False),
+    Column("enabled", Boolean, nullable=False, server_default=text("true")),
+    Column("scan_interval_hours", Integer, nullable=False, server_default="6"),
+    Column("timeout_ms", Integer, nullable=False, server_default="5000"),
+    Column("last_scan_at", UTCDateTime, nullable=True),
+    Column("last_scan_duration_ms", Integer, nullable=True),
+    Column("last_scan_certs_found", Integer, nullable=True),
+    *_stamps(),
+)
+
+# One row per discovery report (an agent's filesystem scan, or one network scan as `server-scanner`).
+discovery_scans = Table(
+    "discovery_scans", metadata, _id(),
+    Column("agent_id", Text, ForeignKey("agents.id", ondelete="CASCADE"), nullable=False),
+    Column(
+        "network_scan_target_id", Text,
+        ForeignKey("network_scan_targets.id", ondelete="SET NULL"), nullable=True, index=True,
+    ),
+    Column("directories", JSONType, nullable=False),
+    Column("certificates_found", Integer, nullable=False, server_default="0"),
+    Column("certificates_new", Integer, nullable=False, server_default="0"),
+    Column("errors_count", Integer, nullable=False, server_default="0"),
+    Column("errors", JSONType, nullable=False),  # the first errors only; all are counted in errors_count
+    Column("scan_duration_ms", Integer, nullable=False, server_default="0"),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("completed_at", UTCDateTime, nullable=True),
+)
+Index("ix_discovery_scans_started", discovery_scans.c.started_at, discovery_scans.c.id)
+Index("ix_discovery_scans_agent", discovery_scans.c.agent_id, discovery_scans.c.started_at, discovery_scans.c.id)
+
+# Certificates found by discovery, keyed by (fingerprint, agent, source path): Unmanaged → Managed | Dismissed.
+discovered_certificates = Table(
+    "discovered_certificates", metadata, _id(),
+    Column("fingerprint_sha256", Text, nullable=False),
+    Column("common_name", Text, nullable=False, server_default=""),
+    Column("sans", JSONType, nullable=False),
+    Column("serial_number", Text, nullable=False, server_default=""),  # canonical hex (certctl.pki.serials)
+    Column("issuer_dn", Text, nullable=False, server_default=""),
+    Column("subject_dn", Text, nullable=False, server_default=""),
+    Column("not_before", UTCDateTime, nullable=True),
+    Column("not_after", UTCDateTime, nullable=True),
+    Column("key_algorithm", Text, nullable=False, server_default=""),
+    Column("key_size", Integer, nullable=False, server_default="0"),
+    Column("is_ca", Boolean, nullable=False, server_default=text("false")),
+    Column("pem_data", Text, nullable=False, server_default=""),  # the certificate only, never a key
+    Column("source_path", Text, nullable=False),
+    Column("source_format", Text, nullable=False, server_default="PEM"),
+    Column("agent_id", Text, ForeignKey("agents.id", ondelete="CASCADE"), nullable=False),
+    Column("discovery_scan_id", Text, ForeignKey("discovery_scans.id", ondelete="SET NULL"), nullable=True),
+    Column(
+        "managed_certificate_id", Text,
+        ForeignKey("managed_certificates.id", ondelete="SET NULL"), nullable=True, index=True,
+    ),
+    Column("status", Text, nullable=False, server_default="Unmanaged"),
+    Column("first_seen_at", UTCDateTime, nullable=False),
+    Column("last_seen_at", UTCDateTime, nullable=False),
+    Column("dismissed_at", UTCDateTime, nullable=True),
+    *_stamps(),
+)
+_dc = discovered_certificates.c
+Index("uq_discovered_fingerprint_agent_path", _dc.fingerprint_sha256, _dc.agent_id, _dc.source_path, unique=True)
+# The list's filters each lead an index that ends in its order (newest first).
+Index("ix_discovered_created", _dc.created_at, _dc.id)
+Index("ix_discovered_agent", _dc.agent_id, _dc.created_at, _dc.id)
+Index("ix_discovered_status", _dc.status, _dc.created_at, _dc.id)
+Index("ix_discovered_not_after", _dc.not_after)
