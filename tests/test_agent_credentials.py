@@ -136,3 +136,23 @@ async def test_reports_about_other_jobs_are_refused(api: Api) -> None:
         bad = await agent.post(f"/api/v1/agents/{agent_id}/jobs/{job_id}/status", json={"status": "Exploded"})
         assert bad.status_code == 400
     assert (await api.admin.get(f"/api/v1/jobs/{job_id}")).json()["status"] == "Pending"
+
+
+async def test_the_agent_alone_sees_its_targets_secrets(api: Api) -> None:
+    agent_id, key = await _enrol(api)
+    target = await api.admin.post("/api/v1/targets", json={
+        "name": factories.unique("t"), "type": "SSH", "agent_id": agent_id,
+        "config": {"host": "10.0.0.9", "user": "deploy", "auth_method": "password", "password": "hunter2-secret",
+                   "cert_path": "/x/c.pem",
+                   "key_path": "/x/k.pem"}})
+    assert target.status_code == 201, target.text
+    cert = await factories.seed_certificate(api)
+    await factories.seed_version(api, cert["id"])
+    deployed = await api.admin.post(f"/api/v1/certificates/{cert['id']}/deploy",
+                                    json={"target_id": target.json()["id"]})
+    assert deployed.status_code in (200, 202), deployed.text
+    seen_by_admin = (await api.admin.get(f"/api/v1/agents/{agent_id}/work")).json()["jobs"][0]["target_config"]
+    assert seen_by_admin["password"] == "********"
+    async with _bearer(api, key) as agent:
+        seen_by_agent = (await agent.get(f"/api/v1/agents/{agent_id}/work")).json()["jobs"][0]["target_config"]
+    assert seen_by_agent["password"] == "hunter2-secret"

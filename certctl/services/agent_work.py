@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from certctl.domain.actor import Actor
-from certctl.domain.enums import JobStatus, JobType
+from certctl.domain.enums import ActorType, JobStatus, JobType
 from certctl.domain.errors import ConflictError, ForbiddenError, GoneError, NotFoundError
 from certctl.domain.models.agent_work import (
     CertificatePickup,
@@ -18,6 +18,7 @@ from certctl.domain.models.agent_work import (
 )
 from certctl.pki.export import pem_parts
 from certctl.services import audit
+from certctl.services.connector_config import unseal
 from certctl.services.context import ServiceContext
 from certctl.services.issuance import retry_delay
 from certctl.services.jobs import ISSUING_JOB_TYPES, transition_job
@@ -32,12 +33,20 @@ class AgentWorkService:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
 
-    async def work(self, agent_id: str) -> WorkList:
+    async def work(self, actor: Actor, agent_id: str) -> WorkList:
+        """The agent's jobs. The agent itself (its own key) gets its targets' full configs, secrets included,
+        since it must use them; anyone else sees the redacted view."""
+        reveal = actor.actor_type is ActorType.AGENT and actor.name == agent_id
         async with self.ctx.db.read() as conn:
             await self._live_agent(conn, agent_id)
             found = await issuance_repo.agent_work(conn, agent_id, ISSUING_JOB_TYPES)
-        # target_config is the redacted view: secrets reach an agent through its own channel (issue 4).
-        items = [WorkItem.model_validate({**dict(r), "sans": list(r["sans"] or [])}) for r in found]
+        items = []
+        for r in found:
+            config = r["target_config"]
+            if reveal and r["target_encrypted_config"]:
+                config = unseal(self.ctx.sealer, {"id": r["target_id"], "config": r["target_config"],
+                                                  "encrypted_config": r["target_encrypted_config"]}, "target")
+            items.append(WorkItem.model_validate({**dict(r), "sans": list(r["sans"] or []), "target_config": config}))
         return WorkList(jobs=items, count=len(items))
 
     async def pickup(self, agent_id: str, certificate_id: str) -> CertificatePickup:

@@ -75,7 +75,8 @@ async def agent_work(conn: AsyncConnection, agent_id: str, issuing_types: Sequen
     deploy_wanted = and_(_j.status == "Pending", _j.type == "Deployment", _j.agent_id == agent_id)
     stmt = (
         select(_j.id, _j.type, _j.certificate_id, _j.target_id, _j.status, mc.common_name, mc.sans,
-               t.type.label("target_type"), t.config.label("target_config"))
+               t.type.label("target_type"), t.config.label("target_config"),
+               t.encrypted_config.label("target_encrypted_config"))
         .select_from(jobs.outerjoin(managed_certificates, mc.id == _j.certificate_id)
                      .outerjoin(deployment_targets, t.id == _j.target_id))
         .where(or_(csr_wanted, deploy_wanted))

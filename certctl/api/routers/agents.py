@@ -67,8 +67,8 @@ async def rotate_agent_key(id: str, request: Request, services: ServicesDep, act
 
 
 @router.get("/{id}/work", summary="Get pending work (AwaitingCSR and deployment jobs)")
-async def agent_work(id: str, services: ServicesDep) -> WorkList:
-    return await services.agent_work.work(id)
+async def agent_work(id: str, services: ServicesDep, actor: ActorDep) -> WorkList:
+    return await services.agent_work.work(actor, id)
 
 
 @router.post(
