@@ -124,6 +124,16 @@ class AgentRunner:
         log.error("the server retired this agent; exiting")
         return 0
 
+    async def dry_run(self) -> list[dict[str, Any]]:
+        """Every pending deployment of this agent checked against its target, nothing changed or reported."""
+        await self.enrol()
+        results = []
+        for item in await self.client.work(self.agent_id):
+            if item.get("type") == "Deployment" and item.get("status") == "Pending":
+                result = await self.deploy(item, dry_run=True)
+                results.append({"job_id": item["id"], "target_id": item.get("target_id"), **result})
+        return results
+
     # ---- enrollment -----------------------------------------------------------------------------
     async def enrol(self) -> None:
         if self.state.credential is not None or self.config.api_key is not None:

@@ -309,6 +309,50 @@ def admin_key_rotate(
 
 
 @app.command()
+def agent(
+    config: Annotated[Path | None, typer.Option("--config", help="env-style file of CERTCTL_* settings")] = None,
+    once: Annotated[bool, typer.Option("--once", help="one heartbeat and one round of work, then exit")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="validate the targets of pending deployments without changing them")
+    ] = False,
+) -> None:
+    """Run the certctl agent on this host (keys are made and kept here)."""
+    import json
+
+    from certctl.agent.config import AgentConfig, AgentConfigError
+    from certctl.agent.deployer import TargetDeployer
+    from certctl.agent.runner import AgentRunner
+    from certctl.logs import configure_logging
+
+    try:
+        settings = AgentConfig.from_env(config_file=config)
+    except AgentConfigError as exc:
+        typer.echo(f"certctl agent: configuration error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    configure_logging(os.environ.get("CERTCTL_LOG_LEVEL", "info"), os.environ.get("CERTCTL_LOG_FORMAT", "json"))
+
+    async def main() -> int:
+        runner = AgentRunner(settings, deployer=TargetDeployer.for_state_dir(settings.state_dir))
+        try:
+            if dry_run:
+                results = await runner.dry_run()
+                typer.echo(json.dumps(results, indent=2, default=str))
+                return 0 if all(r.get("success") for r in results) else 1
+            if once:
+                await runner.run_once()
+                return 0
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            return await runner.run(stop=stop)
+        finally:
+            await runner.client.close()
+
+    raise typer.Exit(asyncio.run(main()))
+
+
+@app.command()
 def version() -> None:
     """Print the version."""
     typer.echo(__version__)
