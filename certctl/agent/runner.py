@@ -158,7 +158,7 @@ class AgentRunner:
             elif item.get("type") == "Deployment":
                 await self.deploy(item)
         except Refused as exc:
-            log.warning("job refused by the server", extra={"job_id": item.get("id"), "error": str(exc)})
+            log.warning("job refused by the server", extra={"job_id": item.get("id"), "error": str(exc)[:500]})
 
     async def answer_csr(self, item: dict[str, Any]) -> None:
         certificate_id, job_id = str(item["certificate_id"]), str(item["id"])

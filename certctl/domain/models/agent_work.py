@@ -55,8 +55,11 @@ class CertificatePickup(WireModel):
 
 class VerificationReport(InputModel):
     status: Literal["success", "failed", "skipped"]
-    fingerprint: str | None = Field(default=None, max_length=128)
+    fingerprint: str | None = Field(default=None, max_length=128)  # what the endpoint served last
     error: str | None = Field(default=None, max_length=4096)
+    expected_fingerprint: str | None = Field(default=None, max_length=128)
+    attempts: int | None = Field(default=None, ge=0, le=1000)
+    endpoint: str | None = Field(default=None, max_length=300)
 
 
 class JobStatusReport(InputModel):
