@@ -199,7 +199,8 @@ class DeployEngine:
 
         # 4-6: journal, backups, temps, renames.
         try:
-            journal.write("prepared")
+            # Not synced: losing it in a crash only leaves stray temps/backups; from "renaming" on it must last.
+            journal.write("prepared", durable=False)
             self._point("prepared")
             for w in pending:
                 assert w.entry is not None
@@ -215,7 +216,6 @@ class DeployEngine:
                 w.entry.renamed = True
                 self._point(f"renamed:{index}")
             _fsync_dirs(entries)
-            journal.write("renamed")
             self._point("renamed")
         except (OSError, ValidationError) as exc:
             errors = _undo(entries, renamed_possible=True)
@@ -257,6 +257,7 @@ class DeployEngine:
         self._point("verified")
         # 10: commit, then prune.
         journal.remove()
+        self._point("committed")
         for w in pending:
             warnings.extend(_prune_backups(w.path, plan.backup_retention))
         written = ", ".join(w.path for w in pending)
@@ -571,7 +572,10 @@ def _undo(entries: Sequence[_Entry], *, renamed_possible: bool) -> list[str]:
         try:
             if entry.existed:
                 if entry.backup is not None and os.path.lexists(entry.backup):
-                    os.replace(entry.backup, entry.path)
+                    if os.path.lexists(entry.path) and os.path.samefile(entry.backup, entry.path):
+                        os.unlink(entry.backup)  # never renamed: rename() between two links is a no-op
+                    else:
+                        os.replace(entry.backup, entry.path)
             elif entry.renamed or (entry.renamed is None and renamed_possible):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
@@ -632,7 +636,7 @@ class _Journal:
         self._label = plan.label
         self._reload = {"argv": list(plan.reload.argv), "timeout": plan.reload.timeout} if plan.reload else None
 
-    def write(self, phase: str) -> None:
+    def write(self, phase: str, *, durable: bool = True) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         body = json.dumps({"version": 1, "phase": phase, "label": self._label, "reload": self._reload,
                            "entries": [e.to_json() for e in self._entries]}).encode()
@@ -640,11 +644,13 @@ class _Journal:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, body)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(temp, self.path)
-        _fsync_dir(str(self.path.parent))
+        if durable:
+            _fsync_dir(str(self.path.parent))
 
     def remove(self) -> None:
         with contextlib.suppress(FileNotFoundError):
