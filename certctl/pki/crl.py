@@ -22,6 +22,7 @@ builder's for the same input (tests/test_crl.py compares them).
 
 from __future__ import annotations
 
+import gc
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -92,15 +93,20 @@ def issuer_name_der(ca: IssuingCA) -> bytes:
     return encoded
 
 
+_OCTET: Final = [bytes((n,)) for n in range(128)]
+
+
 def encode_entries(entries: Iterable[RevokedEntry]) -> tuple[bytes, int]:
     """The revokedCertificates contents (without the outer SEQUENCE header) and the number of entries.
 
-    The hot loop of a big CRL, about 2 µs an entry: one %-format per entry, revocation dates (which
-    repeat after bulk revocations) encoded once. Each entry is shorter than 128 octets (serial at most
-    21, time 15, reason 14), so its lengths are single octets.
+    The hot loop of a big CRL, about 2 µs an entry: bytes concatenation only (no tuples, so the cyclic
+    garbage collector is not woken once per entry), revocation dates (which repeat after bulk
+    revocations) encoded once. Each entry is shorter than 128 octets (serial at most 33, time 15,
+    reason 14), so its lengths are single octets.
     """
     times: dict[datetime, bytes] = {}
     reasons = _REASON_EXTENSIONS
+    octet = _OCTET
     parts: list[bytes] = []
     append = parts.append
     for serial, revoked_at, reason_code in entries:
@@ -110,8 +116,8 @@ def encode_entries(entries: Iterable[RevokedEntry]) -> tuple[bytes, int]:
         if serial < 0 or serial.bit_length() > 8 * 32:
             raise ValueError(f"serial {serial:x} cannot be listed on a CRL")
         octets = serial.to_bytes(serial.bit_length() // 8 + 1, "big")
-        body = b"\x02%c%b%b%b" % (len(octets), octets, when, reasons[reason_code])
-        append(b"\x30%c%b" % (len(body), body))
+        body = b"\x02" + octet[len(octets)] + octets + when + reasons[reason_code]
+        append(b"\x30" + octet[len(body)] + body)
     return b"".join(parts), len(parts)
 
 
@@ -164,7 +170,15 @@ def build_crl(ca: IssuingCA, entries: Iterable[RevokedEntry], *, number: int, th
         raise ValueError("a CRL's nextUpdate must come after its thisUpdate")
     if _spki(ca.signer.public_key()) != _spki(ca.cert.public_key()):
         raise SignerError(f"signer '{ca.signer.ref}' does not hold the key of CA '{ca.id}'")
-    tbs, count = tbs_cert_list(ca, entries, number=number, this_update=this_update, next_update=next_update)
+    # A million entries allocate millions of objects while the caller holds as many: without the pause,
+    # the collector's full passes over them cost a third of the time. Nothing here makes cycles.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        tbs, count = tbs_cert_list(ca, entries, number=number, this_update=this_update, next_update=next_update)
+    finally:
+        if collecting:
+            gc.enable()
     signature = der.sign_tbs(ca.signer, tbs)
     return SignedCRL(der=der.signed(tbs, ca.signer, signature), number=number, this_update=this_update,
                      next_update=next_update, entries=count)
