@@ -218,6 +218,14 @@ def _check_service_variables(env: Mapping[str, str]) -> None:
             raise SettingsError(f"{name}: '{env.get(name)}' is not between {low} and {high}")
     for name, fallback, minimum in SCHEDULER_DURATION_VARIABLES:
         parse_duration(name, env.get(name) or fallback, minimum)
+    # Network discovery (docs/configuration.md "Discovery"); read by certctl.services.network_scan.
+    for name in ("CERTCTL_NETWORK_SCAN_ENABLED", "CERTCTL_NETWORK_SCAN_ALLOW_LOOPBACK",
+                 "CERTCTL_NETWORK_SCAN_ALLOW_PRIVATE"):
+        _bool(env, name, False)
+    parse_duration("CERTCTL_NETWORK_SCAN_INTERVAL", env.get("CERTCTL_NETWORK_SCAN_INTERVAL") or "15m", 10.0)
+    if not 1 <= _int(env, "CERTCTL_NETWORK_SCAN_CONCURRENCY", 50) <= 1000:
+        raw = env.get("CERTCTL_NETWORK_SCAN_CONCURRENCY")
+        raise SettingsError(f"CERTCTL_NETWORK_SCAN_CONCURRENCY: '{raw}' is not between 1 and 1000")
 
 
 # (variable, default, minimum, maximum)

@@ -29,9 +29,11 @@ from certctl.api.routers import (
     audit,
     certificate_actions,
     certificates,
+    discovery,
     intermediates,
     issuers,
     jobs,
+    network_scan,
     owners,
     policies,
     profiles,
@@ -78,6 +80,8 @@ ROUTERS = [
     agents.router,
     intermediates.router,
     pki_status.router,
+    discovery.router,
+    network_scan.router,
 ]
 
 

@@ -9,6 +9,7 @@
 | agent_health | CERTCTL_SCHEDULER_AGENT_HEALTH_CHECK_INTERVAL (2m) | leader | silent agents → Offline |
 | short_lived_expiry | CERTCTL_SHORT_LIVED_EXPIRY_CHECK_INTERVAL (30s) | leader | short-lived certificates past their end → Expired |
 | crl_pregeneration | the status service's CRL interval (1h), no first run | leader | rebuild due CRLs |
+| network_scan | CERTCTL_NETWORK_SCAN_INTERVAL (15m), only with CERTCTL_NETWORK_SCAN_ENABLED | leader | scan the enabled network scan targets whose scan_interval_hours has passed |
 """  # noqa: E501 - a table reads better unwrapped
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ def build_loops(
     if status is not None and hasattr(status, "regenerate_all"):
         interval = getattr(status, "crl_interval", None) or timedelta(hours=1)
         loops.append(Loop("crl_pregeneration", interval, status.regenerate_all, run_at_start=False))
+    network_scan = getattr(services, "network_scan", None)  # the network scanner, when this build has one
+    if network_scan is not None and network_scan.settings.enabled:
+        # Scans of a /20 with a few ports take minutes; targets are scanned one after another.
+        loops.append(Loop("network_scan", network_scan.settings.interval, network_scan.scan_due_targets,
+                          timeout=timedelta(hours=2)))
     return loops
 
 

@@ -13,11 +13,13 @@ from certctl.services.ca_service import CAService
 from certctl.services.certificate_actions import CertificateActionService
 from certctl.services.certificates import CertificateService
 from certctl.services.context import ServiceContext
+from certctl.services.discovery import DiscoveryService
 from certctl.services.intermediates import IntermediateService
 from certctl.services.issuance import IssuanceService
 from certctl.services.issuers import IssuerService
 from certctl.services.job_maintenance import JobMaintenanceService
 from certctl.services.jobs import JobService
+from certctl.services.network_scan import NetworkScanService, NetworkScanTargetService
 from certctl.services.org import OwnerService, TeamService
 from certctl.services.policies import PolicyRuleService
 from certctl.services.profiles import ProfileService
@@ -55,6 +57,9 @@ class Services:
     status: StatusService = field(init=False)
     renewal: RenewalService = field(init=False)
     job_maintenance: JobMaintenanceService = field(init=False)
+    discovery: DiscoveryService = field(init=False)
+    network_scan_targets: NetworkScanTargetService = field(init=False)
+    network_scan: NetworkScanService = field(init=False)
 
     def __post_init__(self) -> None:
         self.audit = AuditService(self.ctx.db)
@@ -81,3 +86,6 @@ class Services:
         self.certificate_actions.after_revoke = self.status.revoked
         self.renewal = RenewalService(self.ctx, self.certificate_actions)
         self.job_maintenance = JobMaintenanceService(self.issuance)
+        self.discovery = DiscoveryService(self.ctx)
+        self.network_scan_targets = NetworkScanTargetService(self.ctx)
+        self.network_scan = NetworkScanService(self.ctx)
