@@ -152,3 +152,12 @@ async def test_without_named_keys_approvals_need_authentication(database_url: st
         assert response.status_code == 401
     finally:
         await stop_api(api, lifespan)
+
+
+async def test_the_certificates_owner_cannot_approve_through_the_approvals_api_either(api: Api) -> None:
+    team = await factories.team(api.admin)
+    owner = await factories.owner(api.admin, name="alice", email="alice@example.com", team_id=team["id"])
+    asked = await request(api, owner_id=owner["id"], team_id=owner["team_id"])  # bob asks; alice owns it
+    response = await api.admin.post(f"/api/v1/approvals/{asked['approval_id']}/approve", json={"note": "mine"})
+    assert response.status_code == 403 and "owner" in response.json()["message"]
+    assert (await api.admin.get(f"/api/v1/approvals/{asked['approval_id']}")).json()["state"] == "pending"

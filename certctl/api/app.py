@@ -116,6 +116,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, prepare: bool 
         app.state.scheduler = scheduler
         if scheduler is not None:
             await scheduler.start()
+            ctx.on_jobs_queued = lambda: scheduler.wake("job_processor")
         try:
             yield
         finally:

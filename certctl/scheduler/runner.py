@@ -50,6 +50,7 @@ class Scheduler:
         self.lock = lock
         self.drain_timeout = drain_timeout
         self._guards: dict[str, asyncio.Lock] = {}
+        self._wakes: dict[str, asyncio.Event] = {}
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.add(*loops)
@@ -61,6 +62,7 @@ class Scheduler:
                 raise ValueError(f"a loop named '{loop.name}' is already registered")
             self.loops[loop.name] = loop
             self._guards[loop.name] = asyncio.Lock()
+            self._wakes[loop.name] = asyncio.Event()
 
     @property
     def stopping(self) -> bool:
@@ -112,16 +114,30 @@ class Scheduler:
             log.debug("scheduler loop ran", extra={"loop": name, "seconds": round(seconds, 3)})
             return RunResult(name, "ran", result, seconds)
 
+    def wake(self, name: str) -> None:
+        """Run a loop now rather than at its next tick (new work was just queued in this process)."""
+        event = self._wakes.get(name)
+        if event is not None:
+            event.set()
+
     async def _run_loop(self, loop: Loop) -> None:
         if loop.run_at_start:
             await self.run_once(loop.name)
-        while not await self._sleep(loop.interval):
+        while not await self._sleep(loop.interval, self._wakes[loop.name]):
             await self.run_once(loop.name)
 
-    async def _sleep(self, interval: timedelta) -> bool:
-        """Wait for the interval; True when the scheduler is stopping instead."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), timeout=interval.total_seconds())
+    async def _sleep(self, interval: timedelta, wake: asyncio.Event | None = None) -> bool:
+        """Wait for the interval (or a wake-up); True when the scheduler is stopping instead."""
+        waits = [asyncio.ensure_future(self._stop.wait())]
+        if wake is not None:
+            waits.append(asyncio.ensure_future(wake.wait()))
+        try:
+            await asyncio.wait(waits, timeout=interval.total_seconds(), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+        if wake is not None:
+            wake.clear()
         return self._stop.is_set()
 
     async def _keep_leases(self) -> None:

@@ -20,7 +20,13 @@ from certctl.domain.models.common import PageParams
 from certctl.domain.models.jobs import ApprovalDecisionResult, ApprovalRequest, ApprovalState
 from certctl.services import audit
 from certctl.services.context import ServiceContext
-from certctl.services.jobs import abort_job, approval_bypass_enabled, status_after_approval, transition_job
+from certctl.services.jobs import (
+    JobService,
+    abort_job,
+    approval_bypass_enabled,
+    status_after_approval,
+    transition_job,
+)
 from certctl.store import jobs_repo
 from certctl.store.rows import Row
 
@@ -126,7 +132,12 @@ class ApprovalService:
     async def approve(self, actor: Actor, approval_id: str, note: str) -> ApprovalDecisionResult:
         async with self.ctx.db.transaction() as conn:
             approval = await self._decidable(conn, actor, approval_id)
+            job = await jobs_repo.get_job(conn, approval["job_id"])
+            if job is not None:
+                # Same rule as /jobs/{id}/approve: neither the requester nor the certificate's owner approves.
+                await JobService.refuse_self_approval(conn, actor, job, approval)
             await _approve(self.ctx, conn, actor, approval, note, "approval_approved")
+        self.ctx.jobs_queued()
         return ApprovalDecisionResult(id=approval_id, decided_by=actor.name, action="approved")
 
     async def reject(self, actor: Actor, approval_id: str, note: str) -> ApprovalDecisionResult:

@@ -67,7 +67,10 @@ class CertificateActionService:
     async def renew(self, actor: Actor, certificate_id: str, *, force: bool = False) -> RenewResult:
         async with self.ctx.db.transaction() as conn:
             cert = await self._locked_cert(conn, certificate_id)
-            return await self._renew_in(conn, actor, cert, force=force)
+            result = await self._renew_in(conn, actor, cert, force=force)
+        if result.job_status is JobStatus.PENDING:
+            self.ctx.jobs_queued()
+        return result
 
     async def _renew_in(self, conn: AsyncConnection, actor: Actor, cert: Row, *, force: bool) -> RenewResult:
         cert_id = cert["id"]
@@ -284,6 +287,8 @@ class CertificateActionService:
         )
         await self._summary(actor, "bulk_renewal_initiated", body,
                             result.model_dump(exclude={"errors", "enqueued_jobs"}))
+        if done:
+            self.ctx.jobs_queued()
         return result
 
     async def bulk_reassign(self, actor: Actor, body: BulkReassignBody) -> BulkReassignResult:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,13 @@ class ServiceContext:
     settings: Settings
     sealer: ConfigSealer
     _signers: SignerRegistry | None = field(default=None, repr=False)
+    # Set by the app when a scheduler runs in this process: wakes its job processor.
+    on_jobs_queued: Callable[[], None] | None = field(default=None, repr=False)
+
+    def jobs_queued(self) -> None:
+        """Call after committing new Pending issuing jobs, so they run now rather than at the next tick."""
+        if self.on_jobs_queued is not None:
+            self.on_jobs_queued()
 
     @property
     def signers(self) -> SignerRegistry:

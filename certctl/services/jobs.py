@@ -201,7 +201,7 @@ class JobService:
             job = await self._locked(conn, job_id)
             self._require_awaiting_approval(job)
             approval = await jobs_repo.pending_approval_for_job(conn, job_id)
-            await self._refuse_self_approval(conn, actor, job, approval)
+            await self.refuse_self_approval(conn, actor, job, approval)
             target = await status_after_approval(conn, self.ctx.settings, job)
             await transition_job(conn, self.ctx.clock, job, target)
             approval_id = await close_pending_approval(
@@ -211,6 +211,7 @@ class JobService:
                 "certificate_id": job["certificate_id"], "type": job["type"],
                 "from_status": job["status"], "to_status": target.value, "approval_id": approval_id,
             })
+        self.ctx.jobs_queued()
 
     async def reject(self, actor: Actor, job_id: str, reason: str) -> None:
         async with self.ctx.db.transaction() as conn:
@@ -233,7 +234,7 @@ class JobService:
             raise ConflictError(f"job '{job['id']}' is {job['status']}, not AwaitingApproval")
 
     @staticmethod
-    async def _refuse_self_approval(conn: AsyncConnection, actor: Actor, job: Row, approval: Row | None) -> None:
+    async def refuse_self_approval(conn: AsyncConnection, actor: Actor, job: Row, approval: Row | None) -> None:
         """Neither the certificate's owner nor the person who asked may approve (two-person integrity)."""
         who = actor.name.strip().lower()
         if approval is not None and approval["requested_by"].strip().lower() == who:
