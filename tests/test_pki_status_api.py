@@ -517,3 +517,32 @@ def _crl_check(workdir: Path, crl_der: bytes, *, revoked_serial: str) -> int:
                  str(workdir / "good.pem"), check=False)
     assert ok.returncode == 0 and "good.pem: OK" in ok.stdout, ok.stdout + ok.stderr
     return number
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("CERTCTL_CRL_GENERATION_INTERVAL", "often"), ("CERTCTL_CRL_GENERATION_INTERVAL", "25h"),
+    ("CERTCTL_OCSP_RESPONDER_VALIDITY", "0"), ("CERTCTL_OCSP_RESPONDER_ROTATION_GRACE", "40d"),
+    ("CERTCTL_OCSP_RATE_LIMIT_PER_IP_MIN", "-1"), ("CERTCTL_OCSP_RATE_LIMIT_PER_IP_MIN", "lots"),
+])
+async def test_bad_status_settings_stop_the_start(tmp_path: Path, name: str, value: str) -> None:
+    from certctl.domain.clock import Clock
+    from certctl.pki.sealing import ConfigSealer
+    from certctl.services.ca_service import CAService
+    from certctl.services.context import ServiceContext
+    from certctl.services.status import StatusService
+
+    settings = make_settings(f"sqlite:///{tmp_path / 'x.db'}", tmp_path / "d", extra={name: value})
+    db = Database(settings.effective_database_url)
+    try:
+        ctx = ServiceContext(db=db, clock=Clock(), settings=settings, sealer=ConfigSealer("x" * 40))
+        with pytest.raises(ValueError, match=name):
+            StatusService(ctx, CAService(ctx))
+        good = make_settings(f"sqlite:///{tmp_path / 'x.db'}", tmp_path / "d", extra={
+            "CERTCTL_CRL_GENERATION_INTERVAL": "1h30m", "CERTCTL_OCSP_RESPONDER_VALIDITY": "720h",
+            "CERTCTL_OCSP_RESPONDER_ROTATION_GRACE": "7d", "CERTCTL_OCSP_RATE_LIMIT_PER_IP_MIN": "0"})
+        service = StatusService(ServiceContext(db=db, clock=Clock(), settings=good, sealer=ConfigSealer("x" * 40)),
+                                CAService(ctx))
+        assert service.crl_interval == timedelta(minutes=90) and service.responder_validity == timedelta(days=30)
+        assert service.responder_grace == timedelta(days=7) and service.ocsp_limit_per_ip_min == 0
+    finally:
+        await db.dispose()

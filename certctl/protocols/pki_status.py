@@ -44,7 +44,6 @@ from certctl.services.status import MALFORMED, UNAUTHORIZED, CRLAnswer, OCSPAnsw
 router = APIRouter(tags=["CRL & OCSP"])
 
 MAX_OCSP_REQUEST = 64 * 1024  # a request with 64 CertIDs and a signature fits many times over
-DEFAULT_OCSP_LIMIT_PER_MIN = 1000
 CRL_MAX_AGE = 3600
 _HEX_SERIAL = re.compile(r"(0[xX])?[0-9a-fA-F:]{1,130}")
 
@@ -141,12 +140,8 @@ def _limit(app: Any) -> _PerIpLimit:
     state = app.state
     limit: _PerIpLimit | None = getattr(state, "ocsp_per_ip_limit", None)
     if limit is None:
-        raw = state.settings.extra.get("CERTCTL_OCSP_RATE_LIMIT_PER_IP_MIN", "")
-        try:
-            per_minute = int(raw) if raw.strip() else DEFAULT_OCSP_LIMIT_PER_MIN
-        except ValueError:
-            per_minute = DEFAULT_OCSP_LIMIT_PER_MIN
-        limit = state.ocsp_per_ip_limit = _PerIpLimit(per_minute)
+        services: Services = state.services
+        limit = state.ocsp_per_ip_limit = _PerIpLimit(services.status.ocsp_limit_per_ip_min)
     return limit
 
 

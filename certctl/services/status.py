@@ -79,6 +79,7 @@ OCSP_CACHE_MAX: Final = 50_000
 POLL_INTERVAL: Final = 0.25
 POLL_MAX_STALENESS: Final = 0.75
 POLL_OVERLAP: Final = timedelta(seconds=10)
+DEFAULT_OCSP_LIMIT_PER_IP_MIN: Final = 1000
 TARGET_TTL: Final = 5.0  # an issuer id in a URL is re-resolved to its issuing CA after this many seconds
 
 
@@ -158,6 +159,11 @@ class StatusService:
                                               ocsp.RESPONDER_ROTATION_GRACE)
         if self.responder_grace >= self.responder_validity:
             raise ValueError("CERTCTL_OCSP_RESPONDER_ROTATION_GRACE: must be shorter than the responder validity")
+        raw_limit = (env.get("CERTCTL_OCSP_RATE_LIMIT_PER_IP_MIN") or "").strip()
+        if raw_limit and (not raw_limit.isdigit()):
+            raise ValueError(f"CERTCTL_OCSP_RATE_LIMIT_PER_IP_MIN: '{raw_limit}' is not 0 (no limit) or a number")
+        # OCSP requests per source IP and minute (protocols.md §4); enforced by the protocol front end.
+        self.ocsp_limit_per_ip_min = int(raw_limit) if raw_limit else DEFAULT_OCSP_LIMIT_PER_IP_MIN
         # CRLs
         self._crl_locks: dict[str, asyncio.Lock] = {}
         self._crls: dict[str, CRLAnswer] = {}
