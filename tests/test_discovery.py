@@ -443,3 +443,22 @@ async def test_reported_fields_are_read_from_the_certificate(api: Api) -> None:
     assert (described["common_name"], described["serial_number"], described["source_format"]) == (
         "described.example.com", "a0b", "DER")
     assert described["not_after"].startswith("2030-01-01T00:00:00") and described["pem_data"] == ""
+
+
+async def test_an_agent_reports_with_its_own_key_and_only_for_itself(api: Api) -> None:
+    from tests.conftest import _client
+
+    mine, theirs = await factories.agent(api.admin), await factories.agent(api.admin)
+    leaf = issue("own-key.example.com")
+    body = {"agent_id": mine["id"], "directories": ["/d"], "certificates": [
+        {"fingerprint_sha256": leaf.fingerprint, "pem_data": leaf.pem, "source_path": "/d/own.pem"}]}
+    async with _client(api.app, mine["api_key"]) as agent_client:
+        accepted = await agent_client.post(f"/api/v1/agents/{mine['id']}/discoveries", json=body)
+        assert accepted.status_code == 202, accepted.text
+        for_other = await agent_client.post(f"/api/v1/agents/{theirs['id']}/discoveries",
+                                            json={**body, "agent_id": theirs["id"]})
+        assert for_other.status_code == 403
+        assert (await agent_client.get("/api/v1/discovered-certificates")).status_code == 403  # triage is operators'
+    await api.services.audit_sink.flush()
+    events = (await api.admin.get("/api/v1/audit", params={"resource_type": "discovery_scan"})).json()["data"]
+    assert [(e["actor"], e["actor_type"]) for e in events] == [(mine["id"], "Agent")]
