@@ -6,12 +6,13 @@ checks. It never trusts or validates what it sees (it reports it); the caller de
 
 from __future__ import annotations
 
+import _ssl
 import asyncio
-import contextlib
 import ssl
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -22,7 +23,7 @@ class ProbeResult:
     host: str
     port: int
     fingerprint_sha256: str  # of the leaf's DER, lowercase hex
-    chain_der: tuple[bytes, ...]  # leaf first, as served (the leaf only on Python < 3.13)
+    chain_der: tuple[bytes, ...]  # leaf first, as served
     subject: str
     issuer: str
     serial_number: str  # canonical lowercase hex
@@ -74,15 +75,27 @@ async def probe_tls(host: str, port: int, *, server_name: str | None = None, tim
             cipher=cipher[0] if cipher else "", latency_ms=round((time.perf_counter() - started) * 1000, 2),
         )
     finally:
-        writer.close()
-        with contextlib.suppress(OSError, ssl.SSLError):
-            await writer.wait_closed()
+        # No TLS close_notify exchange: a peer that never answers it would hold us for asyncio's 30 s shutdown
+        # timeout, whatever `timeout` says. We only read the certificate; an abort is enough.
+        writer.transport.abort()
 
 
 def _served_chain(ssl_object: ssl.SSLObject) -> tuple[bytes, ...]:
-    # Without verification, Python 3.11's ssl module hands out the leaf only (get_unverified_chain is 3.13+).
+    """The certificates as served, leaf first. `SSLObject.get_unverified_chain` is public from Python 3.13;
+    on 3.11 and 3.12 the same call lives on the underlying `_ssl` object. Without either, the leaf only."""
+    getter = getattr(ssl_object, "get_unverified_chain", None) or getattr(
+        getattr(ssl_object, "_sslobj", None), "get_unverified_chain", None)
+    if getter is not None:
+        chain = getter() or []
+        encoded = tuple(bytes(_der(cert)) for cert in chain)
+        if encoded:
+            return encoded
     leaf = ssl_object.getpeercert(binary_form=True)
     return (leaf,) if leaf else ()
+
+
+def _der(cert: Any) -> bytes:
+    return bytes(cert.public_bytes(_ssl.ENCODING_DER))
 
 
 def _is_ip(host: str) -> bool:
