@@ -142,3 +142,22 @@ def test_config_is_checked_and_names_the_variable(tmp_path: Path) -> None:
     assert read_env_file(env_file)["CERTCTL_API_KEY"] == "abc"
     config = AgentConfig.from_env({"CERTCTL_AGENT_STATE_DIR": str(tmp_path / "s")}, config_file=env_file)
     assert config.server_url == "https://c.example.com" and config.api_key == "abc"
+
+
+async def test_reports_the_certificates_in_its_discovery_directories(api: Api, tmp_path: Path) -> None:
+    from tests.servers import ThrowawayCA
+
+    found_dir = tmp_path / "etc-ssl"
+    (found_dir / "live").mkdir(parents=True)
+    issued = ThrowawayCA().issue("legacy.example.com")
+    (found_dir / "live" / "fullchain.pem").write_text(issued.fullchain_pem)
+    (found_dir / "live" / "privkey.key").write_text(issued.key_pem)
+    runner = AgentRunner(_config(tmp_path, discovery_dirs=(found_dir,)), client=_client(api))
+    await runner.run_once()
+    found = (await api.admin.get("/api/v1/discovered-certificates", params={"agent_id": runner.agent_id})).json()
+    fingerprints = {c["fingerprint_sha256"] for c in found["data"]}
+    assert issued.fingerprint in fingerprints and len(fingerprints) == 2  # the leaf and its issuing CA
+    assert all("PRIVATE KEY" not in str(c) for c in found["data"])
+    await runner.run_once()  # not due again for 6 h: no second scan
+    scans = (await api.admin.get("/api/v1/discovery-scans")).json()
+    assert scans["total"] == 1

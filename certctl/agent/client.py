@@ -100,6 +100,10 @@ class ServerClient:
         result: dict[str, Any] = await self._call("GET", f"/api/v1/agents/{agent_id}/certificates/{certificate_id}")
         return result
 
+    async def discoveries(self, agent_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("POST", f"/api/v1/agents/{agent_id}/discoveries", json=body)
+        return result
+
     async def report(self, agent_id: str, job_id: str, body: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = await self._call("POST", f"/api/v1/agents/{agent_id}/jobs/{job_id}/status",
                                                   json=body)

@@ -37,6 +37,7 @@ class AgentConfig:
     max_backoff: float = 300.0
     request_timeout: float = 30.0
     discovery_dirs: tuple[Path, ...] = ()
+    discovery_interval: float = 6 * 3600.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, config_file: Path | None = None) -> AgentConfig:
@@ -66,7 +67,9 @@ class AgentConfig:
             poll_interval=_seconds(values, "CERTCTL_AGENT_POLL_INTERVAL", 30.0),
             heartbeat_interval=_seconds(values, "CERTCTL_AGENT_HEARTBEAT_INTERVAL", 60.0),
             max_backoff=_seconds(values, "CERTCTL_AGENT_MAX_BACKOFF", 300.0),
-            discovery_dirs=tuple(Path(p) for p in (get("CERTCTL_DISCOVERY_DIRS") or "").split(",") if p.strip()),
+            discovery_dirs=tuple(Path(p.strip()) for p in (get("CERTCTL_DISCOVERY_DIRS") or "").split(",")
+                                 if p.strip()),
+            discovery_interval=_seconds(values, "CERTCTL_AGENT_DISCOVERY_INTERVAL", 6 * 3600.0),
         )
         if config.api_key is None and config.bootstrap_token is None and not (state_dir / "credential").exists():
             raise AgentConfigError(

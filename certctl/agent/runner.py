@@ -6,6 +6,8 @@
   A restart mid-job sends a CSR for the same key again.
 - Deployment jobs: reported Running, the chain fetched, the matching local key found, the target's
   connector run (atomic write, test, reload, verify, rollback), and the result reported.
+- Discovery: the configured directories are scanned at start and every `discovery_interval` (6 h), and the
+  certificates found (never keys) are reported for triage on the server.
 - Trouble: while the server is unreachable, waits grow exponentially with jitter up to `max_backoff`;
   a 410 means this agent was retired: the agent records it and exits for good.
 Private keys never appear in a log line.
@@ -26,6 +28,7 @@ from certctl.agent.client import Refused, Retired, ServerClient, Unreachable
 from certctl.agent.config import AgentConfig
 from certctl.agent.keystore import KeyStore, build_csr
 from certctl.agent.state import AgentState
+from certctl.connectors.discovery.filesystem import scan_directories
 
 log = logging.getLogger("certctl.agent")
 
@@ -61,6 +64,7 @@ class AgentRunner:
         self.monotonic = monotonic
         self.failures = 0
         self._last_heartbeat: float | None = None
+        self._last_discovery: float | None = None
 
     def _token(self) -> str | None:
         return self.state.credential or self.config.api_key
@@ -103,6 +107,19 @@ class AgentRunner:
             self._last_heartbeat = now
         for item in await self.client.work(self.agent_id):
             await self.handle(item)
+        if self.config.discovery_dirs and (
+            self._last_discovery is None or now - self._last_discovery >= self.config.discovery_interval
+        ):
+            await self.discover()
+            self._last_discovery = now
+
+    async def discover(self) -> int:
+        """Scan the discovery directories and report what is there (certificates only, never keys)."""
+        scan = await asyncio.to_thread(scan_directories, self.config.discovery_dirs)
+        for body in scan.report_bodies(self.agent_id):
+            await self.client.discoveries(self.agent_id, body)
+        log.info("discovery reported", extra={"certificates": len(scan.certificates), "errors": len(scan.errors)})
+        return len(scan.certificates)
 
     def backoff(self) -> float:
         """poll interval x 2^(failures-1), ±20 % jitter, at most `max_backoff`."""
