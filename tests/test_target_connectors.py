@@ -115,8 +115,7 @@ def test_every_bad_key_is_named_and_no_value_is_echoed() -> None:
                      "reload_command must be at most 1024 characters without shell metacharacters",
                      "cert_file_mode must be an octal string", "key_file_owner must be a user or group name",
                      "verify_endpoint must be host:port", "verify_attempts must be between 1 and 30",
-                     "backup_retention must be a whole number", "unknown key 'colour'",
-                     "unknown key 'password_of_doom'"):
+                     "backup_retention must be a whole number", "unknown keys 'colour', 'password_of_doom'"):
         assert expected in message, message
     assert "s3cr3t" not in message and "hunter2" not in message and "evil" not in message
 

@@ -11,6 +11,11 @@ from tests import factories
 from tests.conftest import Api
 
 NGINX = factories.NGINX_CONFIG
+# What the NGINX connector adds when a target is created (certctl.connectors.targets): stored and shown.
+NGINX_DEFAULTS = {
+    "validate_command": "nginx -t", "command_timeout_seconds": 60, "backup_retention": 3, "verify_attempts": 5,
+    "verify_backoff_seconds": 1, "verify_max_backoff_seconds": 16, "verify_timeout_seconds": 5,
+}
 
 
 async def _job(api: Api, target_id: str, status: str) -> str:
@@ -37,7 +42,7 @@ async def test_target_crud_and_audit(api: Api) -> None:
     assert created["id"].startswith("target-") and created["type"] == "NGINX"
     assert created["agent_id"] == agent["id"] and created["enabled"] is True
     assert created["retired_at"] is None and created["test_status"] == "untested"
-    assert created["config"] == NGINX  # paths are not secrets
+    assert created["config"] == {**NGINX, **NGINX_DEFAULTS}  # paths are not secrets
 
     got = await api.admin.get(f"/api/v1/targets/{created['id']}")
     assert got.status_code == 200 and got.json() == created
@@ -48,7 +53,7 @@ async def test_target_crud_and_audit(api: Api) -> None:
         "name": "web-01", "config": {**created["config"], "reload_command": "nginx -s reload"}})
     assert updated.status_code == 200, updated.text
     assert updated.json()["name"] == "web-01"
-    assert await _sealed(api, created["id"]) == {**NGINX, "reload_command": "nginx -s reload"}
+    assert await _sealed(api, created["id"]) == {**NGINX, **NGINX_DEFAULTS, "reload_command": "nginx -s reload"}
 
     assert (await api.admin.delete(f"/api/v1/targets/{created['id']}")).status_code == 204
     assert (await api.admin.get("/api/v1/targets")).json()["total"] == 0
@@ -69,9 +74,13 @@ async def test_target_bad_input(api: Api) -> None:
         ({**base, "agent_id": "agent-missing"}, "agent_id 'agent-missing' does not exist"),
         ({**base, "agent_id": 5}, "agent_id"),
         ({**base, "colour": "red"}, "colour"),
-        ({**base, "config": {"cert_path": "/c.pem", "key_path": "/k.pem"}}, "reload_command is required"),
+        ({**base, "config": {"cert_path": "/c.pem"}}, "key_path is required"),
+        ({**base, "type": "HAProxy", "config": {"pem_path": "/p.pem"}}, "reload_command is required"),
+        ({**base, "config": {**NGINX, "cert_path": "relative.pem"}}, "cert_path must be an absolute path"),
+        ({**base, "config": {**NGINX, "colour": "red", "size": 3}}, "unknown keys 'colour', 'size' (known keys:"),
         ({**base, "config": {**NGINX, "reload_command": "nginx -s reload && curl evil"}}, "shell metacharacters"),
-        ({**base, "type": "Apache"}, "chain_path is required"),
+        ({**base, "type": "Apache", "config": {"cert_path": "/c.pem", "key_path": "/k.pem",
+                                               "verify_endpoint": "example.com"}}, "verify_endpoint must be host:port"),
         ({**base, "type": "AzureKeyVault", "config": {"vault_url": "http://kv.example.com",
                                                       "certificate_name": "c"}}, "vault_url must be an https://"),
         ({**base, "type": "SSH", "config": {"host": "h", "user": "u", "cert_path": "/c", "key_path": "/k"}},
@@ -193,3 +202,27 @@ async def test_target_auth(api: Api) -> None:
     assert (await api.anon.post("/api/v1/targets", json={})).status_code == 401
     target = await factories.target(api.user)  # no admin gate in the reference
     assert (await api.user.delete(f"/api/v1/targets/{target['id']}")).status_code == 204
+
+
+async def test_target_config_is_stored_with_the_connectors_defaults(api: Api) -> None:
+    """What the agent runs is what the API stored and shows: the connector's defaults, applied at create
+    and again at update (the reference applied Postfix/Dovecot defaults on a path its agents never took)."""
+    agent = await factories.agent(api.admin)
+    created = await factories.target(api.admin, agent_id=agent["id"], type="Postfix", config={})
+    expected = {"cert_path": "/etc/postfix/certs/cert.pem", "key_path": "/etc/postfix/certs/key.pem",
+                "validate_command": "postfix check", "reload_command": "postfix reload"}
+    assert expected.items() <= created["config"].items()
+    assert expected.items() <= (await _sealed(api, created["id"])).items()
+
+    updated = await api.admin.put(f"/api/v1/targets/{created['id']}", json={
+        "config": {"cert_path": "/etc/postfix/tls/mail.crt", "verify_endpoint": "127.0.0.1:465",
+                   "cert_file_mode": 416}})
+    assert updated.status_code == 200, updated.text
+    stored = await _sealed(api, created["id"])
+    assert stored["cert_path"] == "/etc/postfix/tls/mail.crt" and stored["key_path"] == expected["key_path"]
+    assert stored["verify_endpoint"] == "127.0.0.1:465" and stored["cert_file_mode"] == "0640"
+    assert updated.json()["config"] == stored
+
+    bad = await api.admin.put(f"/api/v1/targets/{created['id']}", json={"config": {"reload_command": "a; b"}})
+    assert bad.status_code == 400 and "reload_command" in bad.json()["message"]
+    assert await _sealed(api, created["id"]) == stored

@@ -2,6 +2,11 @@
 
 Deleting a target retires it (soft delete, like agents): its rows stay for job and audit
 history, it leaves the list, and its name becomes free again for that agent.
+
+Configs of types the agent deploys with a connector (`certctl.connectors.targets.registry`: NGINX,
+Apache, HAProxy, Traefik, Caddy, Envoy, Postfix, Dovecot) are validated by that connector and stored
+with its defaults applied, so what the agent runs is what the API showed (the reference applied
+defaults only on a path its agents never took). Other types keep the declarative `ConfigRules`.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from certctl.connectors.targets.registry import find_connector
 from certctl.domain.actor import Actor
 from certctl.domain.enums import TargetType
 from certctl.domain.errors import ConflictError, NotFoundError, ValidationError
@@ -21,9 +27,9 @@ from certctl.domain.models.targets import DeploymentTarget
 from certctl.services import audit
 from certctl.services.connector_config import (
     ConfigRules,
-    apply_config_change,
     config_keys,
     config_problems,
+    merge_back,
     require_valid,
     sealed_columns,
     unseal,
@@ -92,8 +98,28 @@ TARGET_RULES: dict[TargetType, ConfigRules] = {
 }
 
 
-def validate_target_config(target_type: TargetType, config: Mapping[str, Any]) -> None:
+def validate_target_config(target_type: TargetType, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config to store: validated, with the connector's defaults applied where there is a connector."""
+    connector = find_connector(target_type.value)
+    if connector is not None:
+        return connector.validate_config(config)
     require_valid(f"{target_type.value} target", TARGET_RULES[target_type], config)
+    return dict(config)
+
+
+def target_config_problems(target_type: str, config: Mapping[str, Any]) -> list[str]:
+    try:
+        kind = TargetType.parse(target_type)
+    except ValueError:
+        return [f"unknown target type '{target_type}'"]
+    connector = find_connector(kind.value)
+    if connector is None:
+        return config_problems(TARGET_RULES[kind], config)
+    try:
+        connector.validate_config(config)
+    except ValidationError as exc:
+        return [exc.message]
+    return []
 
 
 class TargetService(CrudService[DeploymentTarget]):
@@ -115,8 +141,7 @@ class TargetService(CrudService[DeploymentTarget]):
         await _require_live_agent(conn, values["agent_id"])
         await _ensure_name_free_for_agent(conn, values["agent_id"], values["name"], None)
         target_type = TargetType(values["type"])
-        config = without_placeholders(values.get("config", {}))
-        validate_target_config(target_type, config)
+        config = validate_target_config(target_type, without_placeholders(values.get("config", {})))
         values.update(type=target_type.value, **sealed_columns(self.ctx.sealer, config))
         return values
 
@@ -131,10 +156,13 @@ class TargetService(CrudService[DeploymentTarget]):
             await _ensure_name_free_for_agent(conn, agent_id, name, current["id"])
         if "type" in changes:
             changes["type"] = TargetType(changes["type"]).value
-        apply_config_change(
-            self.ctx.sealer, current, changes, "target",
-            lambda target_type, config: validate_target_config(_target_type(target_type), config),
-        )
+        if "config" in changes or "type" in changes:
+            # Like connector_config.apply_config_change, but the stored config is the validated one (with
+            # defaults), so a type change also stores the new type's defaults.
+            stored = unseal(self.ctx.sealer, current, "target")
+            config = merge_back(changes["config"], stored) if "config" in changes else stored
+            config = validate_target_config(_target_type(changes.get("type", current["type"])), config)
+            changes.update(sealed_columns(self.ctx.sealer, config))
         return changes
 
     def audit_details(self, values: dict[str, Any]) -> dict[str, Any]:
@@ -181,11 +209,7 @@ class TargetService(CrudService[DeploymentTarget]):
             agent = await rows.get_row(conn, agents, row["agent_id"])
         if row["retired_at"] is not None:
             raise ConflictError(f"target '{target_id}' is retired")
-        config = unseal(self.ctx.sealer, row, "target")
-        try:
-            problems = config_problems(TARGET_RULES[TargetType.parse(row["type"])], config)
-        except ValueError:
-            problems = [f"unknown target type '{row['type']}'"]
+        problems = target_config_problems(row["type"], unseal(self.ctx.sealer, row, "target"))
         offline_after = timedelta(seconds=self.ctx.settings.agent_offline_after_seconds)
         problems += _agent_problems(row["agent_id"], agent, self.ctx.clock.now(), offline_after)
         result = ConnectionTestResult(

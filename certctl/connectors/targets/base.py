@@ -121,7 +121,8 @@ def _check_field(spec: ConfigField, value: Any) -> tuple[Any, str | None]:
     if kind == "command":
         if value == "":
             return value, None
-        return value if isinstance(value, str) else list(value or []), command_problem(value, key)
+        problem = command_problem(value, key)
+        return (list(value) if isinstance(value, list | tuple) and not problem else value), problem
     if kind == "mode":
         if type(value) is int:
             number = value  # the reference's JSON carried modes as decimal ints (0640 arrives as 416)
@@ -170,8 +171,9 @@ def apply_fields(label: str, fields: Sequence[ConfigField], raw: Any,
                  check: Callable[[dict[str, Any]], list[str]] | None = None) -> dict[str, Any]:
     config_in = as_mapping(raw, label)
     known = {f.name: f for f in fields}
-    problems = [f"unknown key '{k}' (known keys: {', '.join(sorted(known))})"
-                for k in sorted(map(str, config_in)) if k not in known]
+    unknown = [f"'{k}'" for k in sorted(map(str, config_in)) if k not in known]
+    problems = [f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} (known keys: "
+                f"{', '.join(sorted(known))})"] if unknown else []
     config: dict[str, Any] = {}
     for spec in fields:
         value = config_in.get(spec.name)
