@@ -41,19 +41,6 @@ from certctl.store.rows import Row
 from certctl.store.schema import agents, deployment_targets
 
 
-def _no_slash(*keys: str) -> Any:
-    def check(config: Mapping[str, Any]) -> list[str]:
-        return [f"{k} must be a file name, not a path" for k in keys if "/" in str(config.get(k) or "")]
-
-    return check
-
-
-def _caddy(config: Mapping[str, Any]) -> list[str]:
-    if config.get("mode", "api") == "file" and not config.get("cert_dir"):
-        return ["cert_dir is required when mode is 'file'"]
-    return []
-
-
 def _ssh(config: Mapping[str, Any]) -> list[str]:
     if config.get("auth_method", "key") == "password":
         return [] if config.get("password") else ["password is required when auth_method is 'password'"]
@@ -62,20 +49,8 @@ def _ssh(config: Mapping[str, Any]) -> list[str]:
     return []
 
 
+# Types without an agent connector here (see certctl.connectors.targets.registry for the others).
 TARGET_RULES: dict[TargetType, ConfigRules] = {
-    TargetType.NGINX: ConfigRules(required=("cert_path", "key_path", "reload_command")),
-    TargetType.APACHE: ConfigRules(required=("cert_path", "key_path", "chain_path", "reload_command")),
-    TargetType.HAPROXY: ConfigRules(required=("pem_path", "reload_command")),
-    TargetType.TRAEFIK: ConfigRules(required=("cert_dir",), check=_no_slash("cert_file", "key_file")),
-    TargetType.CADDY: ConfigRules(
-        choices={"mode": ("api", "file")}, urls={"admin_api": ("http", "https")}, check=_caddy
-    ),
-    TargetType.ENVOY: ConfigRules(
-        required=("cert_dir",), check=_no_slash("cert_filename", "key_filename", "chain_filename")
-    ),
-    # Postfix and Dovecot have working defaults for every path and command.
-    TargetType.POSTFIX: ConfigRules(),
-    TargetType.DOVECOT: ConfigRules(),
     TargetType.F5: ConfigRules(
         required=("host", "username", "password", "ssl_profile"), ports=("port",), positive_ints=("timeout",)
     ),
