@@ -15,7 +15,8 @@
      every connection, so it is driven with a new connection per request).
    Requests are nonce-less POSTs (SHA-1 CertIDs, like browsers and RFC 5019 clients), round-robin over the
    certificates: certctl answers them from its cache. Every answer is checked to be a successful OCSPResponse.
-   Reported: req/s, p50/p95/p99, CPU seconds of the servers and of the generator, ratios.
+   Reported: req/s, p50/p95/p99, CPU seconds of the servers and of the generator, ratios. For scale, the
+   floor: the same uvicorn settings around an app that answers fixed bytes (what the HTTP stack costs alone).
 3. Revocation visibility: `--revocations` certificates are revoked through the REST API of the HTTPS
    server while their good answers are cached in both workers; the generator-side client polls
    OCSP every 10 ms and reports how long until every answer says revoked.
@@ -166,6 +167,43 @@ def run_generator(spec: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError(f"load generator failed: {done.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
+
+
+# ---- the floor: the same uvicorn settings around an app that does nothing ---------------------------
+
+async def floor_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Answers every request with fixed OCSP-looking bytes: what uvicorn + httptools + uvloop cost alone."""
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    body = FLOOR_BODY
+    await send({"type": "http.response.start", "status": 200, "headers": [
+        (b"content-type", b"application/ocsp-response"), (b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
+
+
+FLOOR_BODY = b"\x30\x82\x02\xe0\x0a\x01\x00" + b"\x00" * 730  # about the size of a real answer
+
+
+@contextlib.contextmanager
+def floor_server(workers: int) -> Any:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "bench.ocsp_load:floor_app", "--workers", str(workers), "--host",
+         "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+         "--log-level", "warning"], cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE)
+    try:
+        _wait_port(port, process)
+        yield port, process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 # ---- the inventory --------------------------------------------------------------------------------
@@ -454,6 +492,10 @@ async def main() -> None:
                 results["certctl http new connection"] = measured(
                     "certctl, plain HTTP, new connection per request", plain_pids,
                     {**spec, "port": plain_port, "tls": False, "keepalive": False})
+                with floor_server(args.workers) as (floor_port, process):
+                    results["floor: uvicorn, empty app, http keep-alive"] = measured(
+                        "floor: the same uvicorn settings, an app that answers fixed bytes, keep-alive",
+                        group_pids(process.pid), {**spec, "port": floor_port, "tls": False, "keepalive": True})
         if not args.skip_openssl:
             with openssl_responder(workdir) as (openssl_port, process):
                 results["openssl ocsp -multi 2"] = measured(
@@ -463,12 +505,19 @@ async def main() -> None:
                                                  args.revocations)
         print_json("revocation visible in OCSP (REST revoke → every worker answers revoked)", visibility)
 
-    summary: dict[str, Any] = {name: {k: r[k] for k in ("req_per_s", "p50_ms", "p95_ms", "p99_ms", "bad", "errors")}
-                               for name, r in results.items()}
+    keys = ("req_per_s", "p50_ms", "p95_ms", "p99_ms", "server_cpu_us_per_req", "bad", "errors")
+    summary: dict[str, Any] = {name: {k: r.get(k) for k in keys} for name, r in results.items()}
     reference = results.get("openssl ocsp -multi 2")
     if reference and reference["req_per_s"]:
         summary["ratios_vs_openssl"] = {name: round(r["req_per_s"] / reference["req_per_s"], 2)
-                                        for name, r in results.items() if name != "openssl ocsp -multi 2"}
+                                        for name, r in results.items()
+                                        if name != "openssl ocsp -multi 2" and not name.startswith("floor")}
+    if reference and reference.get("server_cpu_us_per_req"):
+        # On a shared machine throughput moves with the neighbours' load; server CPU per answer does not.
+        summary["server_cpu_per_answer_openssl_over_certctl"] = {
+            name: round(reference["server_cpu_us_per_req"] / r["server_cpu_us_per_req"], 2)
+            for name, r in results.items() if r.get("server_cpu_us_per_req") and not name.startswith(("openssl",
+                                                                                                       "floor"))}
     best = results["certctl https keep-alive"]["req_per_s"]
     summary["target_cached_ge_5000_req_s"] = {"https_keepalive": best,
                                               "http_keepalive": results.get("certctl http keep-alive", {}).get(
