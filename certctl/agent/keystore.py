@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes, PublicKeyTypes
 from cryptography.x509.oid import NameOID
 
+from certctl.agent.state import write_private
 from certctl.pki.csr_policy import general_name
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -48,9 +49,9 @@ class KeyStore:
                 return found
         key = ec.generate_private_key(ec.SECP256R1())
         name = key_name(key.public_key()) + ".key"
-        self._write(self._dir(certificate_id) / name, key.private_bytes(
+        write_private(self._dir(certificate_id) / name, key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-        self._write(marker, name.encode())
+        write_private(marker, name.encode())
         return key
 
     def finish_job(self, certificate_id: str, job_id: str) -> None:
@@ -74,17 +75,6 @@ class KeyStore:
         except (OSError, ValueError):
             return None
         return key  # type: ignore[return-value]  # only keys this store wrote (EC/RSA) are here
-
-    @staticmethod
-    def _write(path: Path, data: bytes) -> None:
-        temp = path.with_name(path.name + ".tmp")
-        temp.unlink(missing_ok=True)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
 
 
 def build_csr(key: CertificateIssuerPrivateKeyTypes, common_name: str, sans: list[str]) -> str:

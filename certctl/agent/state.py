@@ -25,7 +25,7 @@ class AgentState:
         return cls(directory, agent_id=data.get("agent_id"), retired=bool(data.get("retired")))
 
     def save(self) -> None:
-        _write_private(self.directory / "state.json",
+        write_private(self.directory / "state.json",
                        json.dumps({"agent_id": self.agent_id, "retired": self.retired}).encode())
 
     @property
@@ -34,10 +34,11 @@ class AgentState:
         return path.read_text().strip() or None if path.exists() else None
 
     def save_credential(self, key: str) -> None:
-        _write_private(self.directory / "credential", key.encode() + b"\n")
+        write_private(self.directory / "credential", key.encode() + b"\n")
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
+    """Replace `path` atomically with a 0600 file holding `data` (written and synced before the rename)."""
     temp = path.with_name(path.name + ".tmp")
     temp.unlink(missing_ok=True)
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

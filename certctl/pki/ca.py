@@ -15,7 +15,7 @@ from functools import cached_property
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 
 from certctl.pki.serials import new_serial
 from certctl.pki.signers import Signer
@@ -38,6 +38,24 @@ class PublicationUrls:
         base = public_url.rstrip("/") + "/.well-known/pki"
         return cls(crl=f"{base}/crl/{ca_id}", ocsp=ocsp_override or f"{base}/ocsp/{ca_id}",
                    ca_issuers=f"{base}/ca/{ca_id}")
+
+
+def add_publication(builder: x509.CertificateBuilder, urls: PublicationUrls) -> x509.CertificateBuilder:
+    """The CRL distribution point and AIA (OCSP, caIssuers) of the signing CA, on a certificate it signs."""
+    if urls.crl:
+        point = x509.DistributionPoint(full_name=[x509.UniformResourceIdentifier(urls.crl)], relative_name=None,
+                                       reasons=None, crl_issuer=None)
+        builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
+    access = []
+    if urls.ocsp:
+        access.append(x509.AccessDescription(AuthorityInformationAccessOID.OCSP,
+                                             x509.UniformResourceIdentifier(urls.ocsp)))
+    if urls.ca_issuers:
+        access.append(x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS,
+                                             x509.UniformResourceIdentifier(urls.ca_issuers)))
+    if access:
+        builder = builder.add_extension(x509.AuthorityInformationAccess(access), critical=False)
+    return builder
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509 import verification
-from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from certctl.domain.errors import ConflictError, ValidationError
-from certctl.pki.ca import CA_BACKDATE, IssuingCA, PublicationUrls, ca_key_usage
+from certctl.pki.ca import CA_BACKDATE, IssuingCA, PublicationUrls, add_publication, ca_key_usage
 from certctl.pki.name_constraints import check_names, subtree_is_within
 from certctl.pki.serials import new_serial
 from certctl.pki.signing import sign_certificate
@@ -212,23 +211,6 @@ def child_validity(parent: x509.Certificate, now: datetime, ttl: timedelta | Non
     return not_before, not_after
 
 
-def _publication(builder: x509.CertificateBuilder, urls: PublicationUrls) -> x509.CertificateBuilder:
-    if urls.crl:
-        point = x509.DistributionPoint(full_name=[x509.UniformResourceIdentifier(urls.crl)], relative_name=None,
-                                       reasons=None, crl_issuer=None)
-        builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
-    access = []
-    if urls.ocsp:
-        access.append(x509.AccessDescription(AuthorityInformationAccessOID.OCSP,
-                                             x509.UniformResourceIdentifier(urls.ocsp)))
-    if urls.ca_issuers:
-        access.append(x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS,
-                                             x509.UniformResourceIdentifier(urls.ca_issuers)))
-    if access:
-        builder = builder.add_extension(x509.AuthorityInformationAccess(access), critical=False)
-    return builder
-
-
 def build_child_ca(
     parent: IssuingCA,
     subject: x509.Name,
@@ -268,7 +250,7 @@ def build_child_ca(
     )
     if name_constraints is not None:
         builder = builder.add_extension(name_constraints, critical=True)
-    builder = _publication(builder, urls if urls is not None else parent.urls)
+    builder = add_publication(builder, urls if urls is not None else parent.urls)
     return sign_certificate(builder, parent.signer)
 
 

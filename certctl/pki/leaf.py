@@ -22,11 +22,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes, CertificatePublicKeyTypes
-from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from certctl.domain.enums import ExtendedKeyUsage, KeyAlgorithm
 from certctl.domain.errors import ValidationError
-from certctl.pki.ca import IssuingCA
+from certctl.pki.ca import IssuingCA, add_publication
 from certctl.pki.name_constraints import check_names
 from certctl.pki.signing import sign_certificate
 
@@ -87,21 +87,7 @@ def build_leaf(ca: IssuingCA, request: LeafRequest, serial: int) -> x509.Certifi
                                         critical=len(request.subject) == 0)
     if request.ekus:
         builder = builder.add_extension(x509.ExtendedKeyUsage([EKU_OIDS[e] for e in request.ekus]), critical=False)
-    urls = ca.urls
-    if urls.crl:
-        point = x509.DistributionPoint(
-            full_name=[x509.UniformResourceIdentifier(urls.crl)], relative_name=None, reasons=None, crl_issuer=None
-        )
-        builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
-    access = []
-    if urls.ocsp:
-        access.append(x509.AccessDescription(AuthorityInformationAccessOID.OCSP,
-                                             x509.UniformResourceIdentifier(urls.ocsp)))
-    if urls.ca_issuers:
-        access.append(x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS,
-                                             x509.UniformResourceIdentifier(urls.ca_issuers)))
-    if access:
-        builder = builder.add_extension(x509.AuthorityInformationAccess(access), critical=False)
+    builder = add_publication(builder, ca.urls)
     if request.must_staple:
         builder = builder.add_extension(x509.TLSFeature([x509.TLSFeatureType.status_request]), critical=False)
     return sign_certificate(builder, ca.signer)
