@@ -8,6 +8,7 @@ Also a throwaway two-level CA whose leaves come with their keys (what an agent w
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -162,13 +163,17 @@ class RealServer:
                 "verify_backoff_seconds": 0.05, "verify_max_backoff_seconds": 0.5, "verify_timeout_seconds": 3,
                 "command_timeout_seconds": 20}
 
+    def environment(self) -> dict[str, str]:
+        return dict(os.environ)
+
     # process handling
     def start(self, cert: IssuedCert) -> RealServer:
         self.install(cert)
         self.write_config()
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(self.start_argv(), stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.root)
+                                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.root,
+                                            env=self.environment())
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -384,4 +389,75 @@ frontend tls
                 "reload_command": f"kill -USR2 {self.process.pid}", **self.common_target_config()}
 
 
-SERVERS: dict[str, type[RealServer]] = {"nginx": Nginx, "apache2": Apache, "haproxy": HAProxy}
+class Caddy(RealServer):
+    """Caddy with a JSON config: the certificate comes from files (`load_files`, file mode) or, with
+    `api_entry`, from a `load_pem` entry with that @id (as a previous API-mode deploy leaves it)."""
+
+    kind = "caddy"
+    target_type = "Caddy"
+
+    def __init__(self, root: Path, *, api_entry: str | None = None, no_tls_app: bool = False) -> None:
+        super().__init__(root)
+        self.admin_port = free_port()
+        self.api_entry = api_entry
+        self.no_tls_app = no_tls_app
+        self._cert: IssuedCert | None = None
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "caddy.json"
+
+    @property
+    def admin(self) -> str:
+        return f"127.0.0.1:{self.admin_port}"
+
+    def install(self, cert: IssuedCert) -> None:
+        self._cert = cert
+        (self.root / "cert.pem").write_text(cert.fullchain_pem)
+        (self.root / "key.pem").write_text(cert.key_pem)
+        (self.root / "key.pem").chmod(0o600)
+
+    def write_config(self) -> None:
+        assert self._cert is not None
+        if self.api_entry:
+            entry = {"@id": self.api_entry, "certificate": self._cert.fullchain_pem, "key": self._cert.key_pem,
+                     "tags": ["certctl"]}
+            certificates: dict[str, Any] = {"load_pem": [entry]}
+        else:
+            certificates = {"load_files": [{"certificate": f"{self.root}/cert.pem", "key": f"{self.root}/key.pem"}]}
+        apps: dict[str, Any] = {"http": {"grace_period": "100ms", "servers": {"s": {
+            "listen": [f"127.0.0.1:{self.port}"],
+            "routes": [{"handle": [{"handler": "static_response", "body": "ok"}]}],
+            # Clients without SNI (the tests' plain TLS client) get the localhost certificate.
+            "tls_connection_policies": [{"default_sni": "localhost"}],
+            "automatic_https": {"disable": True},
+        }}}}
+        if not self.no_tls_app:
+            apps["tls"] = {"certificates": certificates}
+        config = {"admin": {"listen": self.admin}, "logging": {"logs": {"default": {"level": "ERROR"}}},
+                  "storage": {"module": "file_system", "root": str(self.root / "data")}, "apps": apps}
+        self.config_path.write_text(json.dumps(config, indent=1))
+
+    def break_config(self) -> None:
+        with self.config_path.open("a") as handle:
+            handle.write("\n{ this is not json\n")
+
+    def start_argv(self) -> list[str]:
+        return ["caddy", "run", "--config", str(self.config_path)]
+
+    def environment(self) -> dict[str, str]:
+        # Caddy keeps its autosave and data under HOME / XDG dirs: the test's, never the machine's.
+        return {**os.environ, "HOME": str(self.root), "XDG_DATA_HOME": str(self.root / "data"),
+                "XDG_CONFIG_HOME": str(self.root / "config")}
+
+    def target_config(self) -> dict[str, Any]:
+        base = {**self.common_target_config(), "verify_server_name": "localhost"}
+        if self.api_entry or self.no_tls_app:
+            return {**base, "mode": "api", "admin_api": f"http://{self.admin}",
+                    "api_object_id": self.api_entry or "certctl-web"}
+        return {**base, "mode": "file", "cert_dir": str(self.root),
+                "validate_command": f"caddy validate --config {self.config_path}",
+                "reload_command": f"caddy reload --config {self.config_path} --address {self.admin} --force"}
+
+
+SERVERS: dict[str, type[RealServer]] = {"nginx": Nginx, "apache2": Apache, "haproxy": HAProxy, "caddy": Caddy}

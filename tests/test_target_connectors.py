@@ -26,7 +26,7 @@ from certctl.connectors.targets.registry import (
 from certctl.domain.enums import TargetType
 from certctl.domain.errors import NotSupportedError, ValidationError
 from certctl.pki.bundle import deploy_bundle
-from tests.servers import IssuedCert, ThrowawayCA
+from tests.servers import IssuedCert, ThrowawayCA, free_port
 
 COMMON_DEFAULTS = {
     "command_timeout_seconds": 60, "backup_retention": 3, "verify_attempts": 5, "verify_backoff_seconds": 1,
@@ -72,7 +72,8 @@ def _mode(path: str | Path) -> int:
      {"cert_file": "cert.pem", "key_file": "key.pem", "dynamic_config_file": "", "reload_command": "",
       "validate_command": ""}),
     ("Caddy", {"cert_dir": "/etc/caddy/certs"},
-     {"mode": "file", "cert_file": "cert.pem", "key_file": "key.pem",
+     {"mode": "file", "cert_file": "cert.pem", "key_file": "key.pem", "admin_api": "http://localhost:2019",
+      "api_object_id": "certctl", "api_timeout_seconds": 10, "fallback_to_files": False,
       "validate_command": "caddy validate --config /etc/caddy/Caddyfile",
       "reload_command": "caddy reload --config /etc/caddy/Caddyfile --force"}),
     ("Envoy", {"cert_dir": "/etc/envoy/certs"},
@@ -128,8 +129,11 @@ def test_every_bad_key_is_named_and_no_value_is_echoed() -> None:
     ("Envoy", {}, "cert_dir is required"),
     ("Envoy", {"cert_dir": "/d", "sds_config": "yes"}, "sds_config must be true or false"),
     ("Envoy", {"cert_dir": "/d", "chain_filename": "cert.pem"}, "must differ"),
-    ("Caddy", {"cert_dir": "/d", "mode": "api"}, "mode must be one of: file"),
-    ("Caddy", {}, "cert_dir is required"),
+    ("Caddy", {"cert_dir": "/d", "mode": "ftp"}, "mode must be one of: file, api"),
+    ("Caddy", {}, "cert_dir is required when mode is 'file'"),
+    ("Caddy", {"mode": "api", "fallback_to_files": True}, "cert_dir is required when fallback_to_files is true"),
+    ("Caddy", {"mode": "api", "api_object_id": "a/b"}, "api_object_id must be"),
+    ("Caddy", {"mode": "api", "admin_api": "unix:/run/caddy.sock"}, "admin_api must be an http"),
     ("Files", {"key_path": "/k"}, "cert_path, fullchain_path or combined_path is required"),
     ("Files", {"cert_path": "/c", "chain_path": "/ch", "format": "DER"}, "chain_path needs format PEM"),
     ("Files", {"cert_path": "/c", "format": "PKCS12"}, "format must be one of: PEM, DER"),
@@ -358,3 +362,20 @@ async def test_dry_run_without_a_certificate_checks_paths_and_commands(tmp_path:
     # This machine has no postfix: the dry run says so instead of failing at the first renewal.
     assert "postfix not found" in missing.message
     assert os.listdir(site) == []
+
+
+async def test_caddy_api_mode_without_an_admin_api_falls_back_to_files_only_when_asked(
+    tmp_path: Path, cert: IssuedCert
+) -> None:
+    site = _site(tmp_path)
+    closed = free_port()
+    config = {"mode": "api", "admin_api": f"http://127.0.0.1:{closed}", "cert_dir": str(site),
+              "validate_command": "", "reload_command": "true", "api_timeout_seconds": 2}
+    strict = await create_connector("Caddy", config, runner=_engine(tmp_path)).deploy(cert.request())
+    assert strict.status == "failed" and "the admin API failed: GET /id/certctl: ConnectError" in strict.message
+    assert os.listdir(site) == []
+    fallback = await create_connector("Caddy", {**config, "fallback_to_files": True},
+                                      runner=_engine(tmp_path)).deploy(cert.request())
+    assert fallback.status == "deployed" and "fell back to files" in fallback.message, fallback.message
+    assert _read(site / "cert.pem").decode() == cert.fullchain_pem
+    assert {"mode": "api"}.items() <= connector_class("Caddy").validate_config({"mode": "api"}).items()

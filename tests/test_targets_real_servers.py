@@ -1,4 +1,4 @@
-"""Deployments into real nginx, apache2 and haproxy (Debian packages) on 127.0.0.1 high ports.
+"""Deployments into real nginx, apache2, haproxy and caddy (Debian packages) on 127.0.0.1 high ports.
 
 Each server starts with certificate A; the agent's connector and deploy engine put certificate B in
 place; a TLS client then sees B. A broken configuration makes the config test fail, the files come back
@@ -7,16 +7,26 @@ and A keeps being served. A second deploy of the same content writes nothing and
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from certctl.agent.deploy import DeployEngine, backups_of
 from certctl.connectors.targets.registry import create_connector
 from certctl.connectors.tlsprobe import probe_tls
-from tests.servers import SERVERS, RealServer, ThrowawayCA, served_fingerprint, settled_fingerprint
+from tests.servers import (
+    SERVERS,
+    Caddy,
+    RealServer,
+    ThrowawayCA,
+    free_port,
+    served_fingerprint,
+    settled_fingerprint,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -155,3 +165,54 @@ async def test_dry_run_checks_the_real_server_without_changing_it(
     broken = await target.dry_run()
     assert not broken.success and "test" in broken.message
     assert _stat(server) == before
+
+
+# ---- Caddy's admin API (api mode) -------------------------------------------------------------------
+def _caddy_entry(server: Caddy, object_id: str) -> dict[str, object]:
+    with httpx.Client(base_url=f"http://{server.admin}", timeout=5) as client:
+        response = client.get(f"/id/{object_id}")
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+async def test_caddy_api_mode_replaces_its_entry_and_rolls_back_a_failed_check(
+    ca: ThrowawayCA, tmp_path: Path
+) -> None:
+    with Caddy(tmp_path / "caddy", api_entry="certctl-web") as server:
+        a = ca.issue("a.example")
+        server.start(a)
+        assert served_fingerprint(server.port) == a.fingerprint
+        engine = DeployEngine(tmp_path / "state")
+        target = create_connector("Caddy", server.target_config(), runner=engine)
+
+        b = ca.issue("b.example")
+        result = await target.deploy(b.request())
+        assert result.status == "deployed" and result.verification.status == "success", result.message
+        assert [s.name for s in result.steps] == ["replace"]
+        assert settled_fingerprint(server.port, b.fingerprint) == b.fingerprint
+        assert _caddy_entry(server, "certctl-web")["certificate"] == b.fullchain_pem
+
+        again = await target.deploy(b.request(job_id="job-2"))
+        assert again.status == "unchanged" and again.steps == ()
+
+        # A check that cannot succeed (nothing listens there): the previous entry goes back.
+        unreachable = {**server.target_config(), "verify_endpoint": f"127.0.0.1:{free_port()}", "verify_attempts": 2}
+        c = ca.issue("c.example")
+        rolled = await create_connector("Caddy", unreachable, runner=engine).deploy(c.request())
+        assert rolled.status == "rolled_back" and rolled.rolled_back, rolled.message
+        assert [(s.name, s.ok) for s in rolled.steps] == [("replace", True), ("rollback", True)]
+        assert _caddy_entry(server, "certctl-web")["certificate"] == b.fullchain_pem
+        assert settled_fingerprint(server.port, b.fingerprint) == b.fingerprint
+        assert c.key_pem.splitlines()[1] not in json.dumps(rolled.to_dict())
+
+
+async def test_caddy_api_mode_adds_its_entry_the_first_time(ca: ThrowawayCA, tmp_path: Path) -> None:
+    with Caddy(tmp_path / "caddy", no_tls_app=True) as server:
+        server.start(ca.issue("unused.example"))
+        target = create_connector("Caddy", server.target_config(), runner=DeployEngine(tmp_path / "state"))
+        b = ca.issue("b.example")
+        result = await target.deploy(b.request())
+        assert result.status == "deployed" and [s.name for s in result.steps] == ["add"], result.message
+        assert settled_fingerprint(server.port, b.fingerprint) == b.fingerprint
+        checked = await target.dry_run()
+        assert checked.success and "entry 'certctl-web' exists" in checked.steps[0].detail, checked.message

@@ -44,7 +44,6 @@ import json
 import logging
 import os
 import pwd
-import re
 import secrets
 import shutil
 import signal
@@ -67,6 +66,7 @@ from certctl.connectors.targets.plan import (
     Verification,
     VerifySpec,
     failed,
+    scrub_secrets,
 )
 from certctl.connectors.tlsprobe import ProbeError, ProbeResult, probe_tls
 from certctl.domain.clock import Clock
@@ -77,7 +77,6 @@ log = logging.getLogger("certctl.agent.deploy")
 BACKUP_MARK = ".certctl-bak."
 TEMP_MARK = ".certctl-tmp."
 _OUTPUT_READ = 64 * 1024
-_PEM_PRIVATE = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)", re.S)
 
 
 class Prober(Protocol):
@@ -413,16 +412,14 @@ class DeployEngine:
                           duration_ms=_ms(started), timed_out=timed_out)
 
     def _clean_output(self, raw: bytes, secret_texts: Sequence[bytes]) -> str:
-        raw = _PEM_PRIVATE.sub(b"[private key redacted]", raw)
-        for secret in secret_texts:
-            for line in secret.splitlines():
-                line = line.strip()
-                if len(line) >= 16 and not line.startswith(b"-----"):
-                    raw = raw.replace(line, b"[redacted]")
-        text = raw.decode("utf-8", errors="replace").strip()
+        text = scrub_secrets(raw, secret_texts).decode("utf-8", errors="replace").strip()
         if len(text) > self._output_limit:
             text = "…" + text[-self._output_limit:]
         return text
+
+    async def verify(self, spec: VerifySpec) -> Verification:
+        """Step 9 on its own, for targets that are not files (e.g. Caddy's admin API)."""
+        return await self._verify(spec)
 
     async def _verify(self, spec: VerifySpec) -> Verification:
         endpoint = f"{spec.host}:{spec.port}"

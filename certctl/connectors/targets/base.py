@@ -236,22 +236,23 @@ class FileTarget(TargetConnector):
     def label(self) -> str:
         return f"{self.type_name} target"
 
-    def plan(self, bundle: DeployBundle | None) -> Plan:
+    def verify_spec(self, bundle: DeployBundle | None) -> VerifySpec | None:
+        """The TLS check from `verify_endpoint` (none configured: no check, verification `skipped`)."""
         config = self.config
-        verify = None
         endpoint = parse_endpoint(config["verify_endpoint"]) if config.get("verify_endpoint") else None
-        if endpoint is not None:
-            verify = VerifySpec(
-                host=endpoint[0], port=endpoint[1],
-                expected_fingerprint=bundle.fingerprint_sha256 if bundle else "",
-                server_name=config.get("verify_server_name") or None,
-                attempts=config["verify_attempts"], backoff=float(config["verify_backoff_seconds"]),
-                max_backoff=float(config["verify_max_backoff_seconds"]),
-                timeout=float(config["verify_timeout_seconds"]),
-            )
+        if endpoint is None:
+            return None
+        return VerifySpec(
+            host=endpoint[0], port=endpoint[1], expected_fingerprint=bundle.fingerprint_sha256 if bundle else "",
+            server_name=config.get("verify_server_name") or None,
+            attempts=config["verify_attempts"], backoff=float(config["verify_backoff_seconds"]),
+            max_backoff=float(config["verify_max_backoff_seconds"]), timeout=float(config["verify_timeout_seconds"]),
+        )
+
+    def plan(self, bundle: DeployBundle | None) -> Plan:
         return Plan(files=tuple(self.planned_files(bundle)), test=self._command("validate_command"),
-                    reload=self._command(self.reload_key), verify=verify,
-                    backup_retention=config["backup_retention"], label=self.label)
+                    reload=self._command(self.reload_key), verify=self.verify_spec(bundle),
+                    backup_retention=self.config["backup_retention"], label=self.label)
 
     reload_key: ClassVar[str] = "reload_command"
 

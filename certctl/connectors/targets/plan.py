@@ -100,6 +100,21 @@ class Plan:
     label: str = "target"  # for messages and logs, e.g. "NGINX target"
 
 
+_PEM_PRIVATE = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)", re.S)
+
+
+def scrub_secrets(raw: bytes, secret_texts: Sequence[bytes] = ()) -> bytes:
+    """Remove private key text from something a program said (command output, an API error): any PEM
+    private key block, and any line of the secret files being deployed (e.g. a key echoed without armour)."""
+    raw = _PEM_PRIVATE.sub(b"[private key redacted]", raw)
+    for secret in secret_texts:
+        for line in secret.splitlines():
+            line = line.strip()
+            if len(line) >= 16 and not line.startswith(b"-----"):
+                raw = raw.replace(line, b"[redacted]")
+    return raw
+
+
 # ---- results -------------------------------------------------------------------------------------
 VerificationStatus = Literal["success", "failed", "skipped"]
 DeployStatus = Literal["deployed", "unchanged", "rolled_back", "failed", "rollback_failed", "dry_run"]
@@ -187,6 +202,8 @@ class PlanRunner(Protocol):
     async def apply(self, plan: Plan) -> DeployResult: ...
 
     async def dry_run(self, plan: Plan) -> DeployResult: ...
+
+    async def verify(self, spec: VerifySpec) -> Verification: ...
 
     def now(self) -> datetime: ...
 
