@@ -9,7 +9,8 @@ that will not take the new certificate never leaves it serving a mix, or nothing
 3. Idempotency: a file whose SHA-256 (and explicit mode/owner) already matches is left alone; when every
    file matches, nothing is written, nothing is reloaded, and the result is `unchanged`.
 4. Journal: the list of files, temp and backup names (never their bytes) is written to the state
-   directory before anything else, so `recover()` can finish an interrupted deploy after a crash.
+   directory before anything else (and fsynced before the first rename, and again before the reload),
+   so `recover()` can undo an interrupted deploy after a crash.
 5. Back up each file being replaced as `<path>.certctl-bak.<nanos>` (a hard link: the old inode, with its
    mode and owner, untouched by what follows; a copy where links are not possible).
 6. Write each new file as `<path>.certctl-tmp.<nanos>` in the same directory (O_EXCL, 0600, write, chown,
