@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 from pathlib import Path
 
 import httpx
+import pytest
 
 from certctl.agent.client import ServerClient
 from certctl.agent.config import AgentConfig
@@ -60,4 +63,47 @@ async def test_issue_deploy_verify_with_a_real_nginx(api: Api, tmp_path: Path) -
         jobs = (await api.admin.get("/api/v1/jobs", params={"certificate_id": cert["id"], "type": "Deployment"}))
         latest = jobs.json()["data"][0]
         assert latest["status"] == "Completed" and latest["deployment_result"]["changed"] is False
+    await http.aclose()
+
+
+async def test_files_target_and_recovery_at_start(
+    api: Api, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = AgentConfig(server_url="https://testserver", state_dir=tmp_path / "agent",
+                         key_dir=tmp_path / "agent" / "keys", bootstrap_token="bootstrap-token-for-tests",
+                         agent_name=factories.unique("files"), hostname="files-1", poll_interval=1.0)
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=api.app, client=("127.0.0.1", 50004)),
+                             base_url="https://testserver")
+    runner = AgentRunner(config, client=ServerClient(http, lambda: None),
+                         deployer=TargetDeployer.for_state_dir(config.state_dir))
+    await runner.run_once()
+    out = tmp_path / "out"
+    out.mkdir()
+    target = await api.admin.post("/api/v1/targets", json={
+        "name": factories.unique("files"), "type": "Files", "agent_id": runner.agent_id,
+        "config": {"cert_path": str(out / "cert.pem"), "key_path": str(out / "key.pem"),
+                   "fullchain_path": str(out / "fullchain.pem")}})
+    assert target.status_code == 201, target.text
+    assert target.json()["config"]["backup_retention"] == 3  # defaults stored with the target
+    cert = await factories.seed_certificate(api)
+    await factories.seed_mapping(api, cert["id"], target.json()["id"])
+    assert (await api.admin.post(f"/api/v1/certificates/{cert['id']}/renew")).status_code == 202
+    await runner.run_once()
+    await runner.run_once()
+    [version] = (await api.admin.get(f"/api/v1/certificates/{cert['id']}/versions")).json()["data"]
+    assert (out / "fullchain.pem").read_text() == version["pem_chain"]
+    assert os.stat(out / "key.pem").st_mode & 0o777 == 0o600
+    [job] = (await api.admin.get("/api/v1/jobs", params={"certificate_id": cert["id"],
+                                                          "type": "Deployment"})).json()["data"]
+    assert job["status"] == "Completed" and job["verification_status"] == "skipped"
+
+    # A journal left by a crash mid-deploy is dealt with before the loop takes new work.
+    (config.state_dir / "deploy-journal").mkdir(exist_ok=True)
+    (config.state_dir / "deploy-journal" / "broken.json").write_text("{not json")
+    stop = asyncio.Event()
+    stop.set()
+    with caplog.at_level(logging.WARNING, logger="certctl.agent"):
+        assert await runner.run(stop=stop) == 0
+    recovered = [r for r in caplog.records if r.getMessage() == "recovered an interrupted deployment"]
+    assert recovered and "broken.json" in recovered[0].__dict__["action"]
     await http.aclose()

@@ -20,6 +20,10 @@ class TargetDeployer:
     def for_state_dir(cls, state_dir: Path) -> TargetDeployer:
         return cls(DeployEngine(state_dir))
 
+    async def recover(self) -> list[str]:
+        """At start: finish undoing any deployment a crash interrupted (all-old files, reloaded)."""
+        return await self.engine.recover()
+
     async def __call__(
         self, target_type: str, target_config: dict[str, Any], *, cert_pem: str, chain_pem: str, key_pem: str,
         certificate_id: str, job_id: str, dry_run: bool = False,

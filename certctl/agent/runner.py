@@ -83,6 +83,10 @@ class AgentRunner:
         if self.state.retired:
             log.error("this agent was retired by the server; remove it or enrol it again")
             return 0
+        recover = getattr(self.deployer, "recover", None)
+        if recover is not None:
+            for action in await recover():  # a deployment cut short by a crash is rolled back before new work
+                log.warning("recovered an interrupted deployment", extra={"action": action})
         while not stop.is_set():
             try:
                 await self.run_once()

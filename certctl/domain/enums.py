@@ -104,6 +104,7 @@ class TargetType(WireEnum):
     KUBERNETES_SECRETS = "KubernetesSecrets"
     AWS_ACM = "AWSACM"
     AZURE_KEY_VAULT = "AzureKeyVault"
+    FILES = "Files"  # certctl addition: generic files (cert/key/chain paths, formats, a post-deploy command)
 
 
 class PolicyType(WireEnum):
