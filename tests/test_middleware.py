@@ -371,9 +371,11 @@ async def test_rate_limit_per_ip_for_unauthenticated(database_url: str, tmp_path
             assert "retry-after" in limited.headers
         async with client(api.app, ip="192.0.2.2") as b:
             assert (await b.get("/api/v1/auth/info")).status_code == 200
-        # Health probes are never limited.
+        # Health probes are never limited, nor CRLs and CA certificates (OCSP has its own per-IP limit).
         async with client(api.app, ip="192.0.2.1") as a:
             assert (await a.get("/health")).status_code == 200
+            for _ in range(5):
+                assert (await a.get("/.well-known/pki/crl/iss-local")).status_code == 200
         # An authenticated caller from the exhausted IP is limited by its key, not the IP.
         async with client(api.app, USER_KEY, ip="192.0.2.1") as keyed:
             assert (await keyed.get("/api/v1/teams")).status_code == 200

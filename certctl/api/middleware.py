@@ -391,7 +391,10 @@ class RateLimitMiddleware:
             return
         state = _state(scope)
         actor: Actor | None = state.get("actor")
-        if self.enabled and scope["path"] not in ("/health", "/ready"):
+        # Relying parties fetch CRLs and CA certificates from behind shared NATs; OCSP has its own per-IP limit.
+        if self.enabled and scope["path"] not in ("/health", "/ready") and not scope["path"].startswith(
+            "/.well-known/pki/"
+        ):
             if actor is not None and actor.authenticated:
                 wait = self.per_key.take(f"key:{actor.name}")
             else:
