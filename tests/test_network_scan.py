@@ -354,7 +354,8 @@ async def test_scheduled_scans_follow_each_targets_interval(database_url: str, t
         hourly = await _target(api, cidrs=["127.0.0.1/32"], ports=[served.port], scan_interval_hours=1)
         await _target(api, cidrs=["127.0.0.1/32"], ports=[served.port], enabled=False)
         scanner = api.services.network_scan
-        assert await scanner.scan_due_targets() == {"due": 1, "scanned": 1, "failed": 0, "certificates_found": 1}
+        # The whole served chain is recorded (leaf and intermediate), as the reference's scanner does.
+        assert await scanner.scan_due_targets() == {"due": 1, "scanned": 1, "failed": 0, "certificates_found": 2}
         assert await scanner.scan_due_targets() == {"due": 0, "scanned": 0, "failed": 0, "certificates_found": 0}
         clock_of(api).advance(timedelta(minutes=59))
         assert (await scanner.scan_due_targets())["due"] == 0
@@ -364,7 +365,7 @@ async def test_scheduled_scans_follow_each_targets_interval(database_url: str, t
         scanned = (await api.user.get(f"/api/v1/network-scan-targets/{hourly['id']}")).json()
         assert scanned["last_scan_at"].startswith(clock_of(api).now().isoformat()[:19])
         async with api.services.ctx.db.read() as conn:
-            assert await rows.count_rows(conn, discovered_certificates) == 1
+            assert await rows.count_rows(conn, discovered_certificates) == 2
         events = (await api.admin.get("/api/v1/audit", params={"resource_type": "discovery_scan"})).json()["data"]
         assert {e["actor"] for e in events} == {"system"}
     async with app_with(database_url, tmp_path / "data2", {}) as plain:

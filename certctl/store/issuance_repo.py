@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import and_, exists, insert, not_, or_, select, update
+from sqlalchemy import and_, bindparam, exists, not_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from certctl.store import rows
 from certctl.store.rows import Row
 from certctl.store.schema import (
     certificate_private_keys,
@@ -26,11 +27,11 @@ _j = jobs.c
 
 
 async def insert_version(conn: AsyncConnection, values: Mapping[str, Any]) -> None:
-    await conn.execute(insert(certificate_versions).values(**values))
+    await rows.insert_row(conn, certificate_versions, values)
 
 
 async def insert_private_key(conn: AsyncConnection, values: Mapping[str, Any]) -> None:
-    await conn.execute(insert(certificate_private_keys).values(**values))
+    await rows.insert_row(conn, certificate_private_keys, values)
 
 
 async def version_of_job(conn: AsyncConnection, job_id: str) -> Row | None:
@@ -58,10 +59,11 @@ def _agent_targets(agent_id: str) -> Any:
 
 async def agent_owns_certificate(conn: AsyncConnection, agent_id: str, certificate_id: str) -> bool:
     t, m = deployment_targets.c, certificate_target_mappings.c
-    stmt = select(exists().where(
-        m.certificate_id == certificate_id, t.id == m.target_id, t.agent_id == agent_id, t.retired_at.is_(None)
-    ))
-    return bool((await conn.execute(stmt)).scalar())
+    stmt = rows.cached_statement(("agent_owns",), lambda: select(exists().where(
+        m.certificate_id == bindparam("certificate_id"), t.id == m.target_id, t.agent_id == bindparam("agent_id"),
+        t.retired_at.is_(None),
+    )))
+    return bool((await conn.execute(stmt, {"certificate_id": certificate_id, "agent_id": agent_id})).scalar())
 
 
 async def agent_work(conn: AsyncConnection, agent_id: str, issuing_types: Sequence[str], limit: int = 500) -> list[Row]:
@@ -87,26 +89,28 @@ async def agent_work(conn: AsyncConnection, agent_id: str, issuing_types: Sequen
 
 
 async def awaiting_csr_job(conn: AsyncConnection, certificate_id: str, issuing_types: Sequence[str]) -> Row | None:
-    stmt = (
-        select(jobs)
-        .where(_j.certificate_id == certificate_id, _j.status == "AwaitingCSR", _j.type.in_(issuing_types))
-        .order_by(_j.created_at.desc(), _j.id.desc()).limit(1)
-    )
-    if conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
-    return (await conn.execute(stmt)).mappings().first()
+    lock = conn.dialect.name == "postgresql"
+
+    def build() -> Any:
+        stmt = (
+            select(jobs)
+            .where(_j.certificate_id == bindparam("certificate_id"), _j.status == "AwaitingCSR",
+                   _j.type.in_(tuple(issuing_types)))
+            .order_by(_j.created_at.desc(), _j.id.desc()).limit(1)
+        )
+        return stmt.with_for_update() if lock else stmt
+
+    stmt = rows.cached_statement(("awaiting_csr_job", tuple(issuing_types), lock), build)
+    return (await conn.execute(stmt, {"certificate_id": certificate_id})).mappings().first()
 
 
 _PLAN_TABLES = (("c", managed_certificates), ("i", issuers), ("p", certificate_profiles), ("r", renewal_policies))
 
 
-async def plan_rows(
-    conn: AsyncConnection, certificate_id: str
-) -> tuple[Row, Row | None, Row | None, Row | None] | None:
-    """The certificate with its issuer, profile and renewal policy, in one round trip."""
+def _plan_statement() -> Any:
     mc = managed_certificates.c
     columns = [col.label(f"{prefix}_{col.name}") for prefix, table in _PLAN_TABLES for col in table.c]
-    stmt = (
+    return (
         select(*columns)
         .select_from(
             managed_certificates
@@ -114,9 +118,16 @@ async def plan_rows(
             .outerjoin(certificate_profiles, certificate_profiles.c.id == mc.certificate_profile_id)
             .outerjoin(renewal_policies, renewal_policies.c.id == mc.renewal_policy_id)
         )
-        .where(mc.id == certificate_id)
+        .where(mc.id == bindparam("certificate_id"))
     )
-    record = (await conn.execute(stmt)).mappings().first()
+
+
+async def plan_rows(
+    conn: AsyncConnection, certificate_id: str
+) -> tuple[Row, Row | None, Row | None, Row | None] | None:
+    """The certificate with its issuer, profile and renewal policy, in one round trip."""
+    stmt = rows.cached_statement(("plan_rows",), _plan_statement)
+    record = (await conn.execute(stmt, {"certificate_id": certificate_id})).mappings().first()
     if record is None:
         return None
     parts: list[dict[str, Any] | None] = []
@@ -133,33 +144,41 @@ async def activate_certificate(
 ) -> bool:
     """A new version is live: Active with its expiry, unless the certificate was revoked or archived meanwhile."""
     mc = managed_certificates.c
-    values: dict[str, Any] = {"status": "Active", "expires_at": expires_at, "updated_at": now}
-    if renewal:
-        values["last_renewal_at"] = now
-    result = await conn.execute(
-        update(managed_certificates)
-        .where(mc.id == certificate_id, not_(mc.status.in_(("Revoked", "Archived"))))
-        .values(**values)
-    )
+
+    def build() -> Any:
+        values: dict[str, Any] = {"status": "Active", "expires_at": bindparam("expires_at"),
+                                  "updated_at": bindparam("now")}
+        if renewal:
+            values["last_renewal_at"] = bindparam("now")
+        return (update(managed_certificates)
+                .where(mc.id == bindparam("certificate_id"), not_(mc.status.in_(("Revoked", "Archived"))))
+                .values(values))
+
+    stmt = rows.cached_statement(("activate_certificate", renewal), build)
+    result = await conn.execute(stmt, {"certificate_id": certificate_id, "expires_at": expires_at, "now": now})
     return result.rowcount > 0
 
 
 async def targets_needing_deployment(conn: AsyncConnection, certificate_id: str) -> list[Row]:
     """Live, enabled targets mapped to the certificate with no open deployment job of it."""
     t, m = deployment_targets.c, certificate_target_mappings.c
-    open_deploy = exists().where(
-        _j.certificate_id == certificate_id, _j.target_id == t.id, _j.type == "Deployment",
-        _j.status.in_(("Pending", "AwaitingCSR", "AwaitingApproval", "Running")),
-    )
-    stmt = (
-        select(t.id, t.agent_id)
-        .join(certificate_target_mappings, m.target_id == t.id)
-        .where(m.certificate_id == certificate_id, t.retired_at.is_(None), t.enabled.is_(True), not_(open_deploy))
-        .order_by(t.name, t.id)
-    )
-    return list((await conn.execute(stmt)).mappings())
+
+    def build() -> Any:
+        open_deploy = exists().where(
+            _j.certificate_id == bindparam("certificate_id"), _j.target_id == t.id, _j.type == "Deployment",
+            _j.status.in_(("Pending", "AwaitingCSR", "AwaitingApproval", "Running")),
+        )
+        return (
+            select(t.id, t.agent_id)
+            .join(certificate_target_mappings, m.target_id == t.id)
+            .where(m.certificate_id == bindparam("certificate_id"), t.retired_at.is_(None), t.enabled.is_(True),
+                   not_(open_deploy))
+            .order_by(t.name, t.id)
+        )
+
+    stmt = rows.cached_statement(("targets_needing_deployment",), build)
+    return list((await conn.execute(stmt, {"certificate_id": certificate_id})).mappings())
 
 
 async def insert_jobs(conn: AsyncConnection, values: Sequence[Mapping[str, Any]]) -> None:
-    if values:
-        await conn.execute(insert(jobs), list(values))
+    await rows.insert_many(conn, jobs, values)

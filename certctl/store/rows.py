@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, RowMapping, Table, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, RowMapping, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy import exists as sql_exists
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import UnaryExpression
@@ -13,26 +13,40 @@ from sqlalchemy.sql.elements import UnaryExpression
 Row = RowMapping
 
 
+# Statements built once per table (or column set) and reused: on the hot paths, building a Core
+# statement and its cache key cost more CPU than the round trip to the database.
+_STATEMENTS: dict[tuple[Any, ...], Any] = {}
+
+
+def cached_statement(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+    stmt = _STATEMENTS.get(key)
+    if stmt is None:
+        stmt = _STATEMENTS[key] = build()
+    return stmt
+
+
 async def insert_row(conn: AsyncConnection, table: Table, values: Mapping[str, Any]) -> None:
-    await conn.execute(insert(table).values(**values))
+    await conn.execute(cached_statement(("insert", table), lambda: insert(table)), dict(values))
 
 
 async def insert_many(conn: AsyncConnection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
     if rows:
-        await conn.execute(insert(table), list(rows))
+        await conn.execute(cached_statement(("insert", table), lambda: insert(table)), list(rows))
 
 
 async def get_row(conn: AsyncConnection, table: Table, row_id: str) -> Row | None:
-    result = await conn.execute(select(table).where(table.c.id == row_id))
+    stmt = cached_statement(("get", table), lambda: select(table).where(table.c.id == bindparam("_row_id")))
+    result = await conn.execute(stmt, {"_row_id": row_id})
     return result.mappings().first()
 
 
 async def get_row_for_update(conn: AsyncConnection, table: Table, row_id: str) -> Row | None:
     """Lock the row for the rest of the transaction (PostgreSQL; SQLite serializes writers anyway)."""
-    stmt = select(table).where(table.c.id == row_id)
-    if conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
-    result = await conn.execute(stmt)
+    if conn.dialect.name != "postgresql":
+        return await get_row(conn, table, row_id)
+    stmt = cached_statement(("get_for_update", table),
+                   lambda: select(table).where(table.c.id == bindparam("_row_id")).with_for_update())
+    result = await conn.execute(stmt, {"_row_id": row_id})
     return result.mappings().first()
 
 
@@ -52,7 +66,10 @@ async def missing_references(conn: AsyncConnection, checks: Sequence[tuple[str, 
 
 
 async def update_row(conn: AsyncConnection, table: Table, row_id: str, values: Mapping[str, Any]) -> bool:
-    result = await conn.execute(update(table).where(table.c.id == row_id).values(**values))
+    columns = tuple(sorted(values))
+    stmt = cached_statement(("update", table, columns), lambda: update(table).where(table.c.id == bindparam("_row_id"))
+                   .values({c: bindparam(f"_v_{c}") for c in columns}))
+    result = await conn.execute(stmt, {"_row_id": row_id, **{f"_v_{c}": values[c] for c in columns}})
     return result.rowcount > 0
 
 
