@@ -205,6 +205,14 @@ def _check_service_variables(env: Mapping[str, str]) -> None:
     if _int(env, "CERTCTL_CERT_EXPORT_RATE_LIMIT_PER_ACTOR_HR", 50) < 0:
         raise SettingsError("CERTCTL_CERT_EXPORT_RATE_LIMIT_PER_ACTOR_HR: must be 0 (no limit) or more")
     _bool(env, "CERTCTL_APPROVAL_BYPASS", False)
+    driver = (env.get("CERTCTL_SIGNER_DRIVER") or "file").strip().lower()
+    if driver not in ("file", "pkcs11"):
+        raise SettingsError(f"CERTCTL_SIGNER_DRIVER: '{driver}' is not one of: file, pkcs11")
+    module = (env.get("CERTCTL_PKCS11_MODULE") or "").strip()
+    if driver == "pkcs11" and not module:
+        raise SettingsError("CERTCTL_PKCS11_MODULE: must name the PKCS#11 module for CERTCTL_SIGNER_DRIVER=pkcs11")
+    if module and not Path(module).is_file():
+        raise SettingsError(f"CERTCTL_PKCS11_MODULE: file '{module}' does not exist")
     ca_cert, ca_key = env.get("CERTCTL_CA_CERT_PATH") or None, env.get("CERTCTL_CA_KEY_PATH") or None
     if (ca_cert is None) != (ca_key is None):
         raise SettingsError("CERTCTL_CA_CERT_PATH and CERTCTL_CA_KEY_PATH: must be set together")

@@ -174,3 +174,16 @@ def test_server_refuses_to_start_on_a_bad_value_or_an_unreachable_database(tmp_p
     assert not (tmp_path / "a").exists(), "nothing is created when the settings are refused"
     assert not (tmp_path / "certctl-data").exists()
     assert no_db[0] == 1 and "certctl: cannot start:" in no_db[1]
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"CERTCTL_SIGNER_DRIVER": "bogus"}, "CERTCTL_SIGNER_DRIVER"),
+        ({"CERTCTL_SIGNER_DRIVER": "pkcs11"}, "CERTCTL_PKCS11_MODULE"),
+        ({"CERTCTL_PKCS11_MODULE": "/nonexistent/libsofthsm2.so"}, "CERTCTL_PKCS11_MODULE"),
+    ],
+)
+def test_signer_settings_are_checked_before_anything_starts(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        Settings.from_env(env)
