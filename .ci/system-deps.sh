@@ -2,7 +2,8 @@
 # Debian packages certctl needs, installed with apt-get only when something is missing.
 #   .ci/system-deps.sh venv   what `make run` needs: a Python that can create a virtualenv
 #   .ci/system-deps.sh test   plus what the tests use: openssl, curl, sqlite3, SoftHSM2 (PKCS#11 signer tests),
-#                             PostgreSQL (server and client), nginx, apache2, haproxy, caddy (deployment tests),
+#                             PostgreSQL (server and client), nginx, apache2, haproxy, caddy, a JRE (keytool) and
+#                             openssh-server (deployment tests),
 #                             and a PostgreSQL the tests reach as postgres@127.0.0.1 without a password
 # A tool that is still missing afterwards is an error: the tests never skip for want of one.
 set -euo pipefail
@@ -36,10 +37,15 @@ if command -v apt-get >/dev/null; then
     apt_install openssl curl ca-certificates sqlite3 postgresql postgresql-client softhsm2
     # Deployment tests start real TLS servers (private configs, 127.0.0.1 high ports, never the services).
     apt_install nginx apache2 haproxy caddy procps
+    # JavaKeystore target tests run the JRE's keytool; SSH target tests start a private sshd as the current user.
+    apt_install openjdk-17-jre-headless openssh-server
 fi
-for tool in openssl curl sqlite3 psql pg_dump pg_restore softhsm2-util nginx apache2 haproxy caddy kill; do
+for tool in openssl curl sqlite3 psql pg_dump pg_restore softhsm2-util nginx apache2 haproxy caddy kill keytool; do
     command -v "$tool" >/dev/null || { echo "system-deps: '$tool' is required by the tests and is missing"; exit 1; }
 done
+
+# sshd lives in /usr/sbin, which a non-root PATH may lack.
+command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || { echo "system-deps: 'sshd' is required by the tests and is missing"; exit 1; }
 
 pg_url="${CERTCTL_TEST_PG_URL:-postgresql://postgres@127.0.0.1:5432/postgres}"
 pg_ok() { psql "$pg_url" -Atqc 'SELECT 1' >/dev/null 2>&1; }

@@ -160,7 +160,7 @@ def test_modes_owners_endpoints_and_command_lists_are_normalised() -> None:
 
 def test_registry_maps_the_api_type_strings(tmp_path: Path) -> None:
     assert set(TARGET_CONNECTORS) == {"NGINX", "Apache", "HAProxy", "Traefik", "Caddy", "Envoy", "Postfix",
-                                      "Dovecot", "Files"}
+                                      "Dovecot", "Files", "JavaKeystore"}
     api_types = {t.value for t in TargetType}
     assert set(TARGET_CONNECTORS) - {"Files"} <= api_types  # Files is agent-side only for now
     assert find_connector("haproxy") is find_connector("HAProxy") is TARGET_CONNECTORS["HAProxy"]

@@ -11,6 +11,7 @@ from certctl.connectors.targets.caddy import CaddyTarget
 from certctl.connectors.targets.envoy import EnvoyTarget
 from certctl.connectors.targets.files import FilesTarget
 from certctl.connectors.targets.haproxy import HAProxyTarget
+from certctl.connectors.targets.keystore import JavaKeystoreTarget
 from certctl.connectors.targets.mail import DovecotTarget, PostfixTarget
 from certctl.connectors.targets.nginx import NginxTarget
 from certctl.connectors.targets.plan import PlanRunner
@@ -22,6 +23,7 @@ TARGET_CONNECTORS: dict[str, type[TargetConnector]] = {
     for cls in (
         NginxTarget, ApacheTarget, HAProxyTarget, TraefikTarget, CaddyTarget, EnvoyTarget,
         PostfixTarget, DovecotTarget, FilesTarget,
+        JavaKeystoreTarget,
     )
 }
 
