@@ -57,6 +57,9 @@ class Settings:
     agent_offline_after_seconds: int = 120
     demo_seed: bool = False
     public_url: str = ""  # base of the CRL/OCSP/CA URLs put into certificates; "" = https://host:port
+    pki_http_port: int = 0  # plain-HTTP port for /.well-known/pki/ only; 0 = off
+    pki_http_host: str = ""  # "" = the server's host
+    pki_public_url: str = ""  # base of CRL/OCSP/caIssuers URLs in certificates; see effective_pki_url
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -73,6 +76,18 @@ class Settings:
             return self.public_url.rstrip("/")
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"https://{host}:{self.port}"
+
+    @property
+    def effective_pki_url(self) -> str:
+        """Where relying parties fetch CRLs, OCSP and CA certificates: CERTCTL_PKI_PUBLIC_URL, else the plain-HTTP
+        PKI port when one is set (RFC 5280 names http URLs there), else CERTCTL_PUBLIC_URL."""
+        if self.pki_public_url:
+            return self.pki_public_url.rstrip("/")
+        if self.pki_http_port:
+            host = self.pki_http_host or self.host
+            host = f"[{host}]" if ":" in host else host
+            return f"http://{host}:{self.pki_http_port}"
+        return self.effective_public_url
 
     @property
     def user_rps(self) -> float:
@@ -145,6 +160,10 @@ class Settings:
             ("postgres://", "postgresql://", "postgresql+asyncpg://", "sqlite:///", "sqlite+aiosqlite:///")
         ):
             yield "CERTCTL_DATABASE_URL: must be a postgresql:// or sqlite:/// URL"
+        if not 0 <= self.pki_http_port <= 65535 or (self.pki_http_port and self.pki_http_port == self.port):
+            yield f"CERTCTL_PKI_HTTP_PORT: {self.pki_http_port} must be 0 (off) or a TCP port other than the HTTPS port"
+        if self.pki_public_url and not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", self.pki_public_url):
+            yield f"CERTCTL_PKI_PUBLIC_URL: '{self.pki_public_url}' is not an http(s) URL like http://pki.example.com"
         if self.public_url and not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", self.public_url):
             yield f"CERTCTL_PUBLIC_URL: '{self.public_url}' is not an http(s) URL like https://pki.example.com"
         for origin in self.cors_origins:
@@ -193,6 +212,9 @@ class Settings:
             keygen_mode=get("CERTCTL_KEYGEN_MODE", "agent").lower(),
             demo_seed=_bool(env, "CERTCTL_DEMO_SEED", False),
             public_url=get("CERTCTL_PUBLIC_URL", "").strip(),
+            pki_http_port=_int(env, "CERTCTL_PKI_HTTP_PORT", 0),
+            pki_http_host=get("CERTCTL_PKI_HTTP_HOST", "").strip(),
+            pki_public_url=get("CERTCTL_PKI_PUBLIC_URL", "").strip(),
             extra={k: v for k, v in env.items() if k.startswith("CERTCTL_")},
         )
         _check_service_variables(env)
@@ -234,6 +256,22 @@ def _check_service_variables(env: Mapping[str, str]) -> None:
     if not 1 <= _int(env, "CERTCTL_NETWORK_SCAN_CONCURRENCY", 50) <= 1000:
         raw = env.get("CERTCTL_NETWORK_SCAN_CONCURRENCY")
         raise SettingsError(f"CERTCTL_NETWORK_SCAN_CONCURRENCY: '{raw}' is not between 1 and 1000")
+    # Endpoint health checks (docs/configuration.md "Endpoint health checks"); read by certctl.services.health_checks.
+    for name in ("CERTCTL_HEALTH_CHECK_ENABLED", "CERTCTL_HEALTH_CHECK_AUTO_CREATE"):
+        _bool(env, name, False)
+    for name, default, low, high in HEALTH_CHECK_INT_VARIABLES:
+        if not low <= _int(env, name, default) <= high:
+            raise SettingsError(f"{name}: '{env.get(name)}' is not between {low} and {high}")
+    retention = env.get("CERTCTL_HEALTH_CHECK_HISTORY_RETENTION") or "720h"
+    parse_duration("CERTCTL_HEALTH_CHECK_HISTORY_RETENTION", retention, 3600.0)
+
+
+# (variable, default, minimum, maximum)
+HEALTH_CHECK_INT_VARIABLES = (
+    ("CERTCTL_HEALTH_CHECK_DEFAULT_INTERVAL", 300, 30, 7 * 86400),  # seconds
+    ("CERTCTL_HEALTH_CHECK_DEFAULT_TIMEOUT", 5000, 100, 60_000),  # milliseconds
+    ("CERTCTL_HEALTH_CHECK_MAX_CONCURRENT", 20, 1, 1000),
+)
 
 
 # (variable, default, minimum, maximum)

@@ -21,6 +21,7 @@ from certctl.api.middleware import (
     RateLimitMiddleware,
     RequestContextMiddleware,
 )
+from certctl.api.pki_http import PkiHttpListener
 from certctl.api.ratelimit import TokenBuckets
 from certctl.api.routers import (
     agent_groups,
@@ -30,6 +31,7 @@ from certctl.api.routers import (
     certificate_actions,
     certificates,
     discovery,
+    health_checks,
     intermediates,
     issuers,
     jobs,
@@ -82,6 +84,7 @@ ROUTERS = [
     pki_status.router,
     discovery.router,
     network_scan.router,
+    health_checks.router,
 ]
 
 
@@ -117,9 +120,15 @@ def create_app(settings: Settings, *, clock: Clock | None = None, prepare: bool 
         if scheduler is not None:
             await scheduler.start()
             ctx.on_jobs_queued = lambda: scheduler.wake("job_processor")
+        pki_http = None
+        if settings.pki_http_port:
+            pki_http = PkiHttpListener(app, settings.pki_http_host or settings.host, settings.pki_http_port)
+            await pki_http.start()
         try:
             yield
         finally:
+            if pki_http is not None:
+                await pki_http.stop()
             if scheduler is not None:
                 await scheduler.stop()  # drained first: its loops use the sink and the database
             await services.status.aclose()

@@ -102,7 +102,7 @@ class CAService:
             signer = self._load_signer(row["key_driver_id"])
         except SignerError as exc:
             raise UnavailableError(f"the key of CA '{row['id']}' cannot be used: {exc}") from None
-        urls = PublicationUrls.for_ca(self.ctx.settings.effective_public_url, row["id"],
+        urls = PublicationUrls.for_ca(self.ctx.settings.effective_pki_url, row["id"],
                                       ocsp_override=row["ocsp_responder_url"] or "")
         ca = IssuingCA(id=row["id"], issuer_id=row["owning_issuer_id"], cert=cert, parents=tuple(parents),
                        signer=signer, urls=urls)
