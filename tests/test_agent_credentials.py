@@ -143,8 +143,8 @@ async def test_the_agent_alone_sees_its_targets_secrets(api: Api) -> None:
     target = await api.admin.post("/api/v1/targets", json={
         "name": factories.unique("t"), "type": "SSH", "agent_id": agent_id,
         "config": {"host": "10.0.0.9", "user": "deploy", "auth_method": "password", "password": "hunter2-secret",
-                   "cert_path": "/x/c.pem",
-                   "key_path": "/x/k.pem"}})
+                   "cert_path": "/x/c.pem", "key_path": "/x/k.pem",
+                   "host_key": "SHA256:" + "A" * 43}})
     assert target.status_code == 201, target.text
     cert = await factories.seed_certificate(api)
     await factories.seed_version(api, cert["id"])

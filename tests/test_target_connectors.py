@@ -160,13 +160,13 @@ def test_modes_owners_endpoints_and_command_lists_are_normalised() -> None:
 
 def test_registry_maps_the_api_type_strings(tmp_path: Path) -> None:
     assert set(TARGET_CONNECTORS) == {"NGINX", "Apache", "HAProxy", "Traefik", "Caddy", "Envoy", "Postfix",
-                                      "Dovecot", "Files", "JavaKeystore"}
+                                      "Dovecot", "Files", "JavaKeystore", "SSH"}
     api_types = {t.value for t in TargetType}
     assert set(TARGET_CONNECTORS) - {"Files"} <= api_types  # Files is agent-side only for now
     assert find_connector("haproxy") is find_connector("HAProxy") is TARGET_CONNECTORS["HAProxy"]
     assert find_connector("F5") is None
-    with pytest.raises(NotSupportedError, match="target type 'SSH' has no agent connector"):
-        create_connector("SSH", {}, runner=_engine(tmp_path))
+    with pytest.raises(NotSupportedError, match="target type 'WinCertStore' has no agent connector"):
+        create_connector("WinCertStore", {}, runner=_engine(tmp_path))
 
 
 # ---- what each target writes ------------------------------------------------------------------------

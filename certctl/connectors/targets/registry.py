@@ -15,6 +15,7 @@ from certctl.connectors.targets.keystore import JavaKeystoreTarget
 from certctl.connectors.targets.mail import DovecotTarget, PostfixTarget
 from certctl.connectors.targets.nginx import NginxTarget
 from certctl.connectors.targets.plan import PlanRunner
+from certctl.connectors.targets.ssh import SSHTarget
 from certctl.connectors.targets.traefik import TraefikTarget
 from certctl.domain.errors import NotSupportedError
 
@@ -24,6 +25,7 @@ TARGET_CONNECTORS: dict[str, type[TargetConnector]] = {
         NginxTarget, ApacheTarget, HAProxyTarget, TraefikTarget, CaddyTarget, EnvoyTarget,
         PostfixTarget, DovecotTarget, FilesTarget,
         JavaKeystoreTarget,
+        SSHTarget,
     )
 }
 
