@@ -10,6 +10,7 @@
 | short_lived_expiry | CERTCTL_SHORT_LIVED_EXPIRY_CHECK_INTERVAL (30s) | leader | short-lived certificates past their end → Expired |
 | crl_pregeneration | the status service's CRL interval (1h), no first run | leader | rebuild due CRLs |
 | network_scan | CERTCTL_NETWORK_SCAN_INTERVAL (15m), only with CERTCTL_NETWORK_SCAN_ENABLED | leader | scan the enabled network scan targets whose scan_interval_hours has passed |
+| endpoint_health | 60s, no first run, only with CERTCTL_HEALTH_CHECK_ENABLED | leader | probe due endpoint health checks (≤ CERTCTL_HEALTH_CHECK_MAX_CONCURRENT at once); purge old history |
 """  # noqa: E501 - a table reads better unwrapped
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from certctl.scheduler.leader import LeaderLock
 from certctl.scheduler.runner import Loop, Scheduler
 from certctl.scheduler.settings import SchedulerSettings
 from certctl.services.container import Services
+from certctl.services.health_checks import LOOP_INTERVAL
 
 
 def build_loops(
@@ -61,6 +63,9 @@ def build_loops(
         # Scans of a /20 with a few ports take minutes; targets are scanned one after another.
         loops.append(Loop("network_scan", network_scan.settings.interval, network_scan.scan_due_targets,
                           timeout=timedelta(hours=2)))
+    health_checks = getattr(services, "health_checks", None)  # the endpoint health monitor, when this build has one
+    if health_checks is not None and health_checks.settings.enabled:
+        loops.append(Loop("endpoint_health", LOOP_INTERVAL, health_checks.run_due_checks, run_at_start=False))
     return loops
 
 

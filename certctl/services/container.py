@@ -14,6 +14,7 @@ from certctl.services.certificate_actions import CertificateActionService
 from certctl.services.certificates import CertificateService
 from certctl.services.context import ServiceContext
 from certctl.services.discovery import DiscoveryService
+from certctl.services.health_checks import HealthCheckService
 from certctl.services.intermediates import IntermediateService
 from certctl.services.issuance import IssuanceService
 from certctl.services.issuers import IssuerService
@@ -60,6 +61,7 @@ class Services:
     discovery: DiscoveryService = field(init=False)
     network_scan_targets: NetworkScanTargetService = field(init=False)
     network_scan: NetworkScanService = field(init=False)
+    health_checks: HealthCheckService = field(init=False)
 
     def __post_init__(self) -> None:
         self.audit = AuditService(self.ctx.db)
@@ -89,3 +91,4 @@ class Services:
         self.discovery = DiscoveryService(self.ctx)
         self.network_scan_targets = NetworkScanTargetService(self.ctx)
         self.network_scan = NetworkScanService(self.ctx)
+        self.health_checks = HealthCheckService(self.ctx)

@@ -546,3 +546,66 @@ Index("ix_discovered_created", _dc.created_at, _dc.id)
 Index("ix_discovered_agent", _dc.agent_id, _dc.created_at, _dc.id)
 Index("ix_discovered_status", _dc.status, _dc.created_at, _dc.id)
 Index("ix_discovered_not_after", _dc.not_after)
+
+# Endpoint health checks (core.md §1 EndpointHealthCheck): a TLS probe of host:port on an interval.
+# status: Unknown (never probed) | Healthy | Degraded | Down | CertMismatch.
+endpoint_health_checks = Table(
+    "endpoint_health_checks", metadata, _id(),
+    Column("endpoint", Text, nullable=False),  # host:port ([v6]:port)
+    Column("server_name", Text, nullable=True),  # SNI; the host when it is a name
+    Column(
+        "certificate_id", Text, ForeignKey("managed_certificates.id", ondelete="SET NULL"), nullable=True, index=True,
+    ),
+    Column(
+        "network_scan_target_id", Text,
+        ForeignKey("network_scan_targets.id", ondelete="SET NULL"), nullable=True, index=True,
+    ),
+    Column("expected_fingerprint", Text, nullable=True),
+    Column("observed_fingerprint", Text, nullable=True),
+    Column("status", Text, nullable=False, server_default="Unknown"),
+    Column("enabled", Boolean, nullable=False, server_default=text("true")),
+    Column("check_interval_seconds", Integer, nullable=False, server_default="300"),
+    Column("timeout_ms", Integer, nullable=False, server_default="5000"),
+    Column("degraded_threshold", Integer, nullable=False, server_default="2"),
+    Column("down_threshold", Integer, nullable=False, server_default="5"),
+    Column("consecutive_failures", Integer, nullable=False, server_default="0"),
+    Column("response_time_ms", Integer, nullable=True),
+    Column("tls_version", Text, nullable=True),
+    Column("cipher_suite", Text, nullable=True),
+    Column("cert_subject", Text, nullable=True),
+    Column("cert_issuer", Text, nullable=True),
+    Column("cert_not_after", UTCDateTime, nullable=True),
+    Column("last_checked_at", UTCDateTime, nullable=True),
+    Column("last_success_at", UTCDateTime, nullable=True),
+    Column("last_failure_at", UTCDateTime, nullable=True),
+    Column("last_transition_at", UTCDateTime, nullable=True),
+    Column("failure_reason", Text, nullable=True),
+    Column("acknowledged", Boolean, nullable=False, server_default=text("false")),
+    Column("acknowledged_by", Text, nullable=True),
+    Column("acknowledged_at", UTCDateTime, nullable=True),
+    *_stamps(),
+)
+Index("ix_health_checks_status", endpoint_health_checks.c.status, endpoint_health_checks.c.created_at,
+      endpoint_health_checks.c.id)
+
+# One row per probe; purged after CERTCTL_HEALTH_CHECK_HISTORY_RETENTION (30 days).
+endpoint_health_history = Table(
+    "endpoint_health_history", metadata, _id(),
+    Column(
+        "health_check_id", Text, ForeignKey("endpoint_health_checks.id", ondelete="CASCADE"), nullable=False,
+    ),
+    Column("status", Text, nullable=False),
+    Column("response_time_ms", Integer, nullable=True),
+    Column("observed_fingerprint", Text, nullable=True),
+    Column("tls_version", Text, nullable=True),
+    Column("cipher_suite", Text, nullable=True),
+    Column("cert_subject", Text, nullable=True),
+    Column("cert_issuer", Text, nullable=True),
+    Column("cert_not_before", UTCDateTime, nullable=True),
+    Column("cert_not_after", UTCDateTime, nullable=True),
+    Column("failure_reason", Text, nullable=True),
+    Column("checked_at", UTCDateTime, nullable=False),
+)
+Index("ix_health_history_check", endpoint_health_history.c.health_check_id, endpoint_health_history.c.checked_at,
+      endpoint_health_history.c.id)
+Index("ix_health_history_checked", endpoint_health_history.c.checked_at)
