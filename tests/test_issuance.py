@@ -519,3 +519,25 @@ async def test_issue_revoke_then_crl_and_ocsp_tell_relying_parties(server_api: A
     (tmp_path / "crl.pem").write_text(openssl("crl", "-inform", "DER", "-in", str(tmp_path / "crl.der")).stdout)
     result = verify_chain(tmp_path, version["pem_chain"], "-crl_check", "-CRLfile", str(tmp_path / "crl.pem"))
     assert result.returncode != 0 and "certificate revoked" in result.stdout + result.stderr
+
+
+async def test_a_serial_that_is_taken_is_drawn_again(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serials are unique per CA by index; a collision (2^-127 a pair) rolls back and draws again, on both paths."""
+    import certctl.services.issuance as issuance
+
+    first, agent_id, _ = await _agent_setup(api)
+    await _renew(api, first["id"])
+    csr_pem, _ = make_csr([first["common_name"]])
+    done = await api.admin.post(f"/api/v1/agents/{agent_id}/csr", json={"csr_pem": csr_pem,
+                                                                          "certificate_id": first["id"]})
+    taken = int(done.json()["serial_number"], 16)
+    draws = iter([taken, taken + 1])
+    monkeypatch.setattr(issuance, "new_serial", lambda: next(draws))
+    second, second_agent, _ = await _agent_setup(api)
+    await _renew(api, second["id"])
+    csr_pem, _ = make_csr([second["common_name"]])
+    response = await api.admin.post(f"/api/v1/agents/{second_agent}/csr", json={"csr_pem": csr_pem,
+                                                                                "certificate_id": second["id"]})
+    assert response.status_code == 202, response.text
+    assert int(response.json()["serial_number"], 16) == taken + 1
+    assert len(await _versions(api, second["id"])) == 1

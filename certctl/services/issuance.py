@@ -80,8 +80,13 @@ def retry_delay(base_seconds: int, attempts: int, rng: random.Random | None = No
     return timedelta(seconds=min(delay * jitter, MAX_BACKOFF.total_seconds()))
 
 
-def _serial_collision(exc: IntegrityError) -> bool:
-    return "uq_versions_ca_serial" in str(exc)
+def _serial_collision(exc: Exception) -> bool:
+    """A unique-serial violation (the store turns integrity errors into ConflictError; the cause says which)."""
+    cause = exc.__cause__ if isinstance(exc, ConflictError) else exc
+    if not isinstance(cause, IntegrityError):
+        return False
+    text = str(cause.orig if cause.orig is not None else cause)
+    return "uq_versions_ca_serial" in text or "certificate_versions.serial_number" in text
 
 
 class _ProfileCache:
@@ -134,7 +139,7 @@ class IssuanceService:
         for _ in range(3):  # a serial collision (2^-127 per pair) rolls everything back and draws again
             try:
                 return await self._submit_csr_once(actor, agent_id, csr_pem, certificate_id, job_id)
-            except IntegrityError as exc:
+            except (ConflictError, IntegrityError) as exc:
                 if not _serial_collision(exc):
                     raise
         raise ConflictError("could not draw a unique serial number; try again")
@@ -262,7 +267,7 @@ class IssuanceService:
                 return await self.fail_attempt(job_id, exc.message, retryable=False)
             try:
                 return await self._store(plan, ca.id, ca.chain_pem, leaf, key_pem, key_algorithm.value, key_size)
-            except IntegrityError as exc:
+            except (ConflictError, IntegrityError) as exc:
                 if not _serial_collision(exc):
                     raise
         return await self.fail_attempt(job_id, "could not draw a unique serial number", retryable=True)
