@@ -541,3 +541,23 @@ async def test_a_serial_that_is_taken_is_drawn_again(api: Api, monkeypatch: pyte
     assert response.status_code == 202, response.text
     assert int(response.json()["serial_number"], 16) == taken + 1
     assert len(await _versions(api, second["id"])) == 1
+
+
+async def test_a_new_local_issuers_first_csr_makes_its_root_without_waiting_on_itself(api: Api) -> None:
+    """The root is made in its own transaction before the CSR's (on SQLite, inside it would wait on its own lock)."""
+    import time
+
+    created = await api.admin.post("/api/v1/issuers", json={"name": factories.unique("ca"), "type": "GenericCA"})
+    assert created.status_code == 201, created.text
+    cert, agent_id, _ = await _agent_setup(api, issuer_id=created.json()["id"])
+    await _renew(api, cert["id"])
+    csr_pem, _ = make_csr([cert["common_name"]])
+    started = time.monotonic()
+    response = await api.admin.post(f"/api/v1/agents/{agent_id}/csr",
+                                    json={"csr_pem": csr_pem, "certificate_id": cert["id"]})
+    assert response.status_code == 202 and response.json()["job_status"] == "Completed", response.text
+    assert time.monotonic() - started < 5
+    from certctl.store import ca_repo
+
+    async with api.services.ctx.db.read() as conn:
+        assert await ca_repo.active_root(conn, created.json()["id"]) is not None

@@ -45,6 +45,14 @@ DEFAULT_ROOT_NAME = "certctl Local CA"
 ACTIVE = "active"
 
 
+class RootMissing(Exception):
+    """A local issuer has no CA yet and the caller cannot create one inside its transaction."""
+
+    def __init__(self, issuer: dict[str, Any]) -> None:
+        super().__init__(f"issuer '{issuer['id']}' has no root CA yet")
+        self.issuer = issuer
+
+
 def pem_of(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
@@ -66,8 +74,12 @@ class CAService:
         return self.ctx.signers
 
     # ---- resolving ------------------------------------------------------------------------------
-    async def issuing_ca_row(self, conn: AsyncConnection, issuer: Mapping[Any, Any]) -> Row:
-        """The active CA row that signs for a GenericCA issuer; creates the root on first use."""
+    async def issuing_ca_row(self, conn: AsyncConnection, issuer: Mapping[Any, Any], *, create: bool = True) -> Row:
+        """The active CA row that signs for a GenericCA issuer; creates the root on first use.
+
+        With `create=False` (the caller holds a write transaction, and on SQLite the root's own transaction
+        would wait for it) a missing root raises `RootMissing`, so the caller creates it first and retries.
+        """
         if issuer["type"] != IssuerType.GENERIC_CA.value:
             raise ValidationError(f"issuer '{issuer['id']}' is a {issuer['type']} issuer, not the local CA")
         config = unseal(self.ctx.sealer, issuer, "issuer")
@@ -84,6 +96,8 @@ class CAService:
                     raise ConflictError(
                         f"issuer '{issuer['id']}' has no active root CA; register one or set issuing_ca_id"
                     )
+                if not create:
+                    raise RootMissing(dict(issuer))
                 row = await self._create_root(issuer, config)
         if row["state"] != ACTIVE:
             raise ConflictError(f"CA '{row['id']}' is {row['state']} and no longer issues certificates")
@@ -115,8 +129,8 @@ class CAService:
             raise NotFoundError.of("CA", ca_id)
         return self.load(row, await self.ancestors(conn, row))
 
-    async def issuing_ca(self, conn: AsyncConnection, issuer: Mapping[Any, Any]) -> IssuingCA:
-        row = await self.issuing_ca_row(conn, issuer)
+    async def issuing_ca(self, conn: AsyncConnection, issuer: Mapping[Any, Any], *, create: bool = True) -> IssuingCA:
+        row = await self.issuing_ca_row(conn, issuer, create=create)
         return self.load(row, await self.ancestors(conn, row))
 
     async def ancestors(self, conn: AsyncConnection, row: Row) -> list[Row]:
@@ -152,6 +166,10 @@ class CAService:
             missing = [i for i in local if not await ca_repo.cas_of_issuer(conn, i["id"])]
         for issuer in missing:
             await self._create_root(issuer, unseal(self.ctx.sealer, issuer, "issuer"))
+
+    async def create_root(self, issuer: Mapping[Any, Any]) -> Row:
+        """The issuer's first root, in a transaction of its own (see `issuing_ca_row(create=False)`)."""
+        return await self._create_root(issuer, unseal(self.ctx.sealer, issuer, "issuer"))
 
     async def _create_root(self, issuer: Mapping[Any, Any], config: dict[str, Any]) -> Row:
         async with self._root_lock:  # one root per issuer even when requests race in this process

@@ -53,7 +53,7 @@ from certctl.pki.csr_policy import CheckedCSR, check_csr, general_name, key_fact
 from certctl.pki.leaf import LeafRequest, build_leaf, generate_leaf_key, private_key_pem
 from certctl.pki.serials import new_serial, serial_hex
 from certctl.services import audit
-from certctl.services.ca_service import CAService
+from certctl.services.ca_service import CAService, RootMissing
 from certctl.services.context import ServiceContext
 from certctl.services.jobs import ISSUING_JOB_TYPES, transition_job
 from certctl.store import audit_repo, issuance_repo, job_queue_repo, jobs_repo, rows
@@ -139,6 +139,8 @@ class IssuanceService:
         for _ in range(3):  # a serial collision (2^-127 per pair) rolls everything back and draws again
             try:
                 return await self._submit_csr_once(actor, agent_id, csr_pem, certificate_id, job_id)
+            except RootMissing as missing:  # the issuer's first issuance: its root, then the CSR again
+                await self.cas.create_root(missing.issuer)
             except (ConflictError, IntegrityError) as exc:
                 if not _serial_collision(exc):
                     raise
@@ -173,7 +175,7 @@ class IssuanceService:
             if plan.issuer["type"] == IssuerType.GENERIC_CA.value:
                 # The local CA signs in well under a millisecond: the whole sequence is this one transaction,
                 # so the answer carries the stored certificate and a failure leaves nothing behind.
-                ca = await self.cas.issuing_ca(conn, plan.issuer)
+                ca = await self.cas.issuing_ca(conn, plan.issuer, create=False)
                 leaf = build_leaf(ca, self._leaf_request(plan, checked.public_key), new_serial())
                 running = {**dict(job), **plan_job_transition(job["status"], JobStatus.RUNNING, now,
                                                               attempts=job["attempts"]),

@@ -6,6 +6,7 @@ talking to anyone: the per-type config, and for the local CA (GenericCA) its key
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,11 @@ from certctl.services.connector_config import (
     without_placeholders,
 )
 from certctl.services.crud import CrudService, refuse_if_referenced
-from certctl.store import rows
+from certctl.store import ca_repo, rows
 from certctl.store.rows import Row
 from certctl.store.schema import issuers, managed_certificates
+
+log = logging.getLogger("certctl.issuers")
 
 _HTTPS = ("https",)
 
@@ -123,6 +126,11 @@ class IssuerService(CrudService[Issuer]):
             conn, f"issuer '{current['id']}'",
             [("certificates", managed_certificates, managed_certificates.c.issuer_id == current["id"])],
         )
+        # With no certificate left, its CAs signed nothing in the inventory: their rows go with it. The key files
+        # stay in the key directory (or token) for the operator to destroy or keep.
+        deleted = await ca_repo.delete_cas_of_issuer(conn, current["id"])
+        if deleted:
+            log.info("issuer CAs deleted with their issuer", extra={"issuer_id": current["id"], "cas": deleted})
 
     def audit_details(self, values: dict[str, Any]) -> dict[str, Any]:
         details: dict[str, Any] = {k: str(values[k]) for k in ("name", "type", "hierarchy_mode") if k in values}

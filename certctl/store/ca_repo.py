@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from certctl.store import rows
@@ -97,3 +97,17 @@ async def count_revocations_of_ca(conn: AsyncConnection, ca_id: str) -> int:
 
 async def mark_issuer_notified(conn: AsyncConnection, revocation_id: str) -> None:
     await conn.execute(update(certificate_revocations).where(_rev.id == revocation_id).values(issuer_notified=True))
+
+
+async def delete_cas_of_issuer(conn: AsyncConnection, issuer_id: str) -> list[str]:
+    """Delete an issuer's CA rows, children before parents (the parent link restricts); returns their ids."""
+    deleted: list[str] = []
+    while True:
+        has_child = select(_ca.parent_ca_id).where(_ca.parent_ca_id.is_not(None))
+        leaves = list((await conn.execute(
+            select(_ca.id).where(_ca.owning_issuer_id == issuer_id, _ca.id.not_in(has_child))
+        )).scalars())
+        if not leaves:
+            return deleted
+        await conn.execute(delete(intermediate_cas).where(_ca.id.in_(leaves)))
+        deleted.extend(leaves)
