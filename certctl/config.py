@@ -203,14 +203,14 @@ class Settings:
             agent_bootstrap_token=get("CERTCTL_AGENT_BOOTSTRAP_TOKEN") or None,
             agent_offline_after_seconds=_int(env, "CERTCTL_AGENT_OFFLINE_AFTER_SECONDS", 120),
             cors_origins=tuple(o.strip() for o in get("CERTCTL_CORS_ORIGINS", "").split(",") if o.strip()),
-            rate_limit_enabled=_bool(env, "CERTCTL_RATE_LIMIT_ENABLED", True),
+            rate_limit_enabled=env_bool(env, "CERTCTL_RATE_LIMIT_ENABLED", True),
             rate_limit_rps=_float(env, "CERTCTL_RATE_LIMIT_RPS", 50.0),
             rate_limit_burst=_int(env, "CERTCTL_RATE_LIMIT_BURST", 100),
             rate_limit_per_user_rps=_float(env, "CERTCTL_RATE_LIMIT_PER_USER_RPS", 0.0),
             rate_limit_per_user_burst=_int(env, "CERTCTL_RATE_LIMIT_PER_USER_BURST", 0),
             config_encryption_key=get("CERTCTL_CONFIG_ENCRYPTION_KEY") or None,
             keygen_mode=get("CERTCTL_KEYGEN_MODE", "agent").lower(),
-            demo_seed=_bool(env, "CERTCTL_DEMO_SEED", False),
+            demo_seed=env_bool(env, "CERTCTL_DEMO_SEED", False),
             public_url=get("CERTCTL_PUBLIC_URL", "").strip(),
             pki_http_port=_int(env, "CERTCTL_PKI_HTTP_PORT", 0),
             pki_http_host=get("CERTCTL_PKI_HTTP_HOST", "").strip(),
@@ -226,7 +226,7 @@ def _check_service_variables(env: Mapping[str, str]) -> None:
     with its name at start-up rather than failing inside a worker."""
     if _int(env, "CERTCTL_CERT_EXPORT_RATE_LIMIT_PER_ACTOR_HR", 50) < 0:
         raise SettingsError("CERTCTL_CERT_EXPORT_RATE_LIMIT_PER_ACTOR_HR: must be 0 (no limit) or more")
-    _bool(env, "CERTCTL_APPROVAL_BYPASS", False)
+    env_bool(env, "CERTCTL_APPROVAL_BYPASS", False)
     driver = (env.get("CERTCTL_SIGNER_DRIVER") or "file").strip().lower()
     if driver not in ("file", "pkcs11"):
         raise SettingsError(f"CERTCTL_SIGNER_DRIVER: '{driver}' is not one of: file, pkcs11")
@@ -242,7 +242,7 @@ def _check_service_variables(env: Mapping[str, str]) -> None:
         if value is not None and not Path(value).is_file():
             raise SettingsError(f"{name}: file '{value}' does not exist")
     # Scheduler and jobs (docs/operations.md "Scheduler and jobs"); read by certctl.scheduler.settings.
-    _bool(env, "CERTCTL_SCHEDULER_ENABLED", True)
+    env_bool(env, "CERTCTL_SCHEDULER_ENABLED", True)
     for name, default, low, high in SCHEDULER_INT_VARIABLES:
         if not low <= _int(env, name, default) <= high:
             raise SettingsError(f"{name}: '{env.get(name)}' is not between {low} and {high}")
@@ -251,14 +251,14 @@ def _check_service_variables(env: Mapping[str, str]) -> None:
     # Network discovery (docs/configuration.md "Discovery"); read by certctl.services.network_scan.
     for name in ("CERTCTL_NETWORK_SCAN_ENABLED", "CERTCTL_NETWORK_SCAN_ALLOW_LOOPBACK",
                  "CERTCTL_NETWORK_SCAN_ALLOW_PRIVATE"):
-        _bool(env, name, False)
+        env_bool(env, name, False)
     parse_duration("CERTCTL_NETWORK_SCAN_INTERVAL", env.get("CERTCTL_NETWORK_SCAN_INTERVAL") or "15m", 10.0)
     if not 1 <= _int(env, "CERTCTL_NETWORK_SCAN_CONCURRENCY", 50) <= 1000:
         raw = env.get("CERTCTL_NETWORK_SCAN_CONCURRENCY")
         raise SettingsError(f"CERTCTL_NETWORK_SCAN_CONCURRENCY: '{raw}' is not between 1 and 1000")
     # Endpoint health checks (docs/configuration.md "Endpoint health checks"); read by certctl.services.health_checks.
     for name in ("CERTCTL_HEALTH_CHECK_ENABLED", "CERTCTL_HEALTH_CHECK_AUTO_CREATE"):
-        _bool(env, name, False)
+        env_bool(env, name, False)
     for name, default, low, high in HEALTH_CHECK_INT_VARIABLES:
         if not low <= _int(env, name, default) <= high:
             raise SettingsError(f"{name}: '{env.get(name)}' is not between {low} and {high}")
@@ -355,6 +355,18 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise SettingsError(f"{name}: '{raw}' is not an integer") from None
 
 
+def env_int_between(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    """A `CERTCTL_*` integer within [low, high]; unset or blank is `default`."""
+    raw = (env.get(name) or str(default)).strip()
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}: '{raw}' is not an integer") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name}: '{raw}' is not between {low} and {high}")
+    return value
+
+
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -368,9 +380,10 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """A `CERTCTL_*` boolean (1/true/yes/on, 0/false/no/off); unset or blank is `default`."""
     raw = env.get(name)
-    if raw is None or raw == "":
+    if raw is None or not raw.strip():
         return default
     lowered = raw.strip().lower()
     if lowered in ("1", "true", "yes", "on"):

@@ -15,6 +15,7 @@ import socket
 import ssl
 import subprocess
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -117,7 +118,7 @@ def free_port() -> int:
 
 
 # ---- servers ----------------------------------------------------------------------------------------
-class RealServer:
+class RealServer(ABC):
     """One server process group. Subclasses write a config and say how to start, test and reload."""
 
     kind: str
@@ -132,21 +133,21 @@ class RealServer:
         self._held: list[socket.socket] = []
 
     # what a subclass provides
-    def write_config(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def write_config(self) -> None: ...
 
-    def start_argv(self) -> list[str]:
-        raise NotImplementedError
+    @abstractmethod
+    def start_argv(self) -> list[str]: ...
 
-    def install(self, cert: IssuedCert) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def install(self, cert: IssuedCert) -> None: ...
 
-    def target_config(self) -> dict[str, Any]:
-        raise NotImplementedError
+    @abstractmethod
+    def target_config(self) -> dict[str, Any]: ...
 
     @property
-    def config_path(self) -> Path:
-        raise NotImplementedError
+    @abstractmethod
+    def config_path(self) -> Path: ...
 
     def break_config(self) -> None:
         """A syntax error the running server has not read yet."""
@@ -155,8 +156,8 @@ class RealServer:
 
     def break_reload_silently(self) -> None:
         """A change the reload command accepts but the running server cannot apply, so it keeps its old
-        configuration and certificate (only a TLS check can tell)."""
-        raise NotImplementedError
+        configuration and certificate (only a TLS check can tell). Only servers with such a failure mode have it."""
+        raise TypeError(f"{self.kind} has no reload that fails silently to simulate")
 
     def common_target_config(self) -> dict[str, Any]:
         return {"verify_endpoint": f"127.0.0.1:{self.port}", "verify_attempts": 12,

@@ -29,6 +29,7 @@ from certctl.agent.config import AgentConfig
 from certctl.agent.keystore import KeyStore, build_csr
 from certctl.agent.state import AgentState
 from certctl.connectors.discovery.filesystem import scan_directories
+from certctl.pki.export import pem_parts
 
 log = logging.getLogger("certctl.agent")
 
@@ -217,15 +218,15 @@ class AgentRunner:
             return {"success": False, "message": "this agent has no deployment connectors"}
         certificate_id = str(item["certificate_id"])
         picked = await self.client.certificate(self.agent_id, certificate_id)
-        leaf = x509.load_pem_x509_certificate(picked["certificate_pem"].encode())
+        parts = pem_parts(picked["certificate_pem"])  # leaf first, then the chain
+        leaf = x509.load_pem_x509_certificate(parts.cert_pem.encode())
         key_pem = self.keys.key_pem_for(certificate_id, leaf)
         if key_pem is None:
             return {"success": False,
                     "message": f"no private key on this host matches certificate '{certificate_id}' "
                                f"(serial {picked.get('serial_number')}); it was not made by this agent"}
-        leaf_pem = picked["certificate_pem"].split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
         return await self.deployer(
-            str(item.get("target_type") or ""), dict(item.get("target_config") or {}), cert_pem=leaf_pem,
-            chain_pem=str(picked.get("chain_pem") or ""), key_pem=key_pem, certificate_id=certificate_id,
+            str(item.get("target_type") or ""), dict(item.get("target_config") or {}), cert_pem=parts.cert_pem,
+            chain_pem=parts.chain_pem, key_pem=key_pem, certificate_id=certificate_id,
             job_id=str(item["id"]), dry_run=dry_run,
         )

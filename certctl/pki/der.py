@@ -11,10 +11,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Final
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-
 from certctl.pki.signers import Signer, SignerError, hash_for
+from certctl.pki.signers.external import sign_raw, verify_signature
 
 
 def length(n: int) -> bytes:
@@ -138,25 +136,8 @@ def sign_tbs(signer: Signer, tbs: bytes) -> bytes:
     The check costs one verification (tens of microseconds, plus hashing the TBS again) and catches a
     token that signs with another key before anything is published.
     """
-    try:
-        signature = signer.sign(tbs)
-    except SignerError:
-        raise
-    except Exception as exc:  # a driver or token failure surfaces as a signer error, without details of the key
-        raise SignerError(f"signer '{signer.ref}' failed to sign: {type(exc).__name__}") from exc
-    public_key = signer.public_key()
-    digest = hash_for(signer.key_spec)
-    try:
-        if isinstance(public_key, ed25519.Ed25519PublicKey):
-            public_key.verify(signature, tbs)
-        elif isinstance(public_key, ec.EllipticCurvePublicKey) and digest is not None:
-            public_key.verify(signature, tbs, ec.ECDSA(digest))
-        elif isinstance(public_key, rsa.RSAPublicKey) and digest is not None:
-            public_key.verify(signature, tbs, padding.PKCS1v15(), digest)
-        else:
-            raise SignerError(f"signer '{signer.ref}' has a key that cannot sign here")
-    except InvalidSignature:
-        raise SignerError(f"the signature from signer '{signer.ref}' does not verify with its public key") from None
+    signature = sign_raw(signer, tbs)
+    verify_signature(signer, signature, tbs, hash_for(signer.key_spec), "structure")
     return signature
 
 

@@ -12,12 +12,10 @@ from datetime import timedelta
 from certctl.config import (
     SCHEDULER_DURATION_VARIABLES,
     SCHEDULER_INT_VARIABLES,
-    SettingsError,
+    env_bool,
+    env_int_between,
     parse_duration,
 )
-
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -39,24 +37,14 @@ class SchedulerSettings:
     def from_env(cls, env: Mapping[str, str]) -> SchedulerSettings:
         """From `Settings.extra` (the process's CERTCTL_* variables); a bad value raises `SettingsError`."""
         values: dict[str, object] = {}
-        raw_enabled = (env.get("CERTCTL_SCHEDULER_ENABLED") or "true").strip().lower()
-        if raw_enabled not in _TRUE + _FALSE:
-            raise SettingsError(f"CERTCTL_SCHEDULER_ENABLED: '{raw_enabled}' is not a boolean (true/false)")
-        values["enabled"] = raw_enabled in _TRUE
+        values["enabled"] = env_bool(env, "CERTCTL_SCHEDULER_ENABLED", True)
         ints = {name: (default, low, high) for name, default, low, high in SCHEDULER_INT_VARIABLES}
         for name, field_name in (
             ("CERTCTL_RENEWAL_CONCURRENCY", "renewal_concurrency"),
             ("CERTCTL_JOB_LEASE_SECONDS", "job_lease"),
             ("CERTCTL_SCHEDULER_LEADER_LEASE_SECONDS", "leader_lease"),
         ):
-            default, low, high = ints[name]
-            raw = env.get(name) or str(default)
-            try:
-                number = int(raw)
-            except ValueError:
-                raise SettingsError(f"{name}: '{raw}' is not an integer") from None
-            if not low <= number <= high:
-                raise SettingsError(f"{name}: '{raw}' is not between {low} and {high}")
+            number = env_int_between(env, name, *ints[name])
             values[field_name] = number if field_name == "renewal_concurrency" else timedelta(seconds=number)
         durations = dict(zip(
             ("renewal_check_interval", "job_processor_interval", "lease_reaper_interval", "job_timeout_interval",

@@ -127,11 +127,14 @@ class CAService:
         row = await ca_repo.get_ca(conn, ca_id)
         if row is None:
             raise NotFoundError.of("CA", ca_id)
-        return self.load(row, await self.ancestors(conn, row))
+        return await self._loaded_or_load(conn, row)
 
     async def issuing_ca(self, conn: AsyncConnection, issuer: Mapping[Any, Any], *, create: bool = True) -> IssuingCA:
-        row = await self.issuing_ca_row(conn, issuer, create=create)
-        return self.load(row, await self.ancestors(conn, row))
+        return await self._loaded_or_load(conn, await self.issuing_ca_row(conn, issuer, create=create))
+
+    async def _loaded_or_load(self, conn: AsyncConnection, row: Row) -> IssuingCA:
+        # A CA's certificate and parents never change: the ancestors are read once per process, not per issuance.
+        return self._loaded.get(row["id"]) or self.load(row, await self.ancestors(conn, row))
 
     async def ancestors(self, conn: AsyncConnection, row: Row) -> list[Row]:
         found: list[Row] = []

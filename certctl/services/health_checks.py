@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import ColumnElement
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from certctl.config import SettingsError, parse_duration
+from certctl.config import env_bool, env_int_between, parse_duration
 from certctl.connectors.tlsprobe import ProbeError, ProbeResult, probe_tls
 from certctl.domain.actor import Actor
 from certctl.domain.errors import NotFoundError, ValidationError
@@ -56,30 +56,6 @@ log = logging.getLogger("certctl.health_checks")
 Dialer = Callable[[str, int, str | None, float], Awaitable[ProbeResult]]
 LOOP_INTERVAL = timedelta(seconds=60)  # core.md §3: the monitor looks for due checks every minute
 
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
-
-
-def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = (env.get(name) or "").strip().lower()
-    if not raw:
-        return default
-    if raw not in _TRUE + _FALSE:
-        raise SettingsError(f"{name}: '{env.get(name)}' is not a boolean (true/false)")
-    return raw in _TRUE
-
-
-def _bounded(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = (env.get(name) or str(default)).strip()
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}: '{raw}' is not an integer") from None
-    if not low <= value <= high:
-        raise SettingsError(f"{name}: '{raw}' is not between {low} and {high}")
-    return value
-
-
 @dataclass(frozen=True)
 class HealthCheckSettings:
     """CERTCTL_HEALTH_CHECK_* (checked at start by certctl.config; docs/configuration.md "Endpoint health")."""
@@ -99,12 +75,12 @@ class HealthCheckSettings:
             3600.0,
         )
         return cls(
-            enabled=_flag(env, "CERTCTL_HEALTH_CHECK_ENABLED", False),
-            default_interval=_bounded(env, "CERTCTL_HEALTH_CHECK_DEFAULT_INTERVAL", 300, 30, 7 * 86400),
-            default_timeout_ms=_bounded(env, "CERTCTL_HEALTH_CHECK_DEFAULT_TIMEOUT", 5000, 100, 60_000),
-            max_concurrent=_bounded(env, "CERTCTL_HEALTH_CHECK_MAX_CONCURRENT", 20, 1, 1000),
+            enabled=env_bool(env, "CERTCTL_HEALTH_CHECK_ENABLED", False),
+            default_interval=env_int_between(env, "CERTCTL_HEALTH_CHECK_DEFAULT_INTERVAL", 300, 30, 7 * 86400),
+            default_timeout_ms=env_int_between(env, "CERTCTL_HEALTH_CHECK_DEFAULT_TIMEOUT", 5000, 100, 60_000),
+            max_concurrent=env_int_between(env, "CERTCTL_HEALTH_CHECK_MAX_CONCURRENT", 20, 1, 1000),
             history_retention=timedelta(seconds=retention),
-            auto_create=_flag(env, "CERTCTL_HEALTH_CHECK_AUTO_CREATE", False),
+            auto_create=env_bool(env, "CERTCTL_HEALTH_CHECK_AUTO_CREATE", False),
             policy=NetworkScanSettings.from_env(env).policy,
         )
 

@@ -36,7 +36,7 @@ from typing import Any
 from cryptography import x509
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from certctl.config import SettingsError, parse_duration
+from certctl.config import env_bool, env_int_between, parse_duration
 from certctl.connectors.discovery.filesystem import describe_certificate
 from certctl.connectors.tlsprobe import ProbeError, ProbeResult, probe_tls
 from certctl.domain.actor import Actor
@@ -164,19 +164,6 @@ def endpoint(host: str, port: int) -> str:
 
 # ---- settings ---------------------------------------------------------------------------------------------------
 
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
-
-
-def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = (env.get(name) or "").strip().lower()
-    if not raw:
-        return default
-    if raw not in _TRUE + _FALSE:
-        raise SettingsError(f"{name}: '{env.get(name)}' is not a boolean (true/false)")
-    return raw in _TRUE
-
-
 @dataclass(frozen=True)
 class NetworkScanSettings:
     """CERTCTL_NETWORK_SCAN_* (checked at start by certctl.config; docs/configuration.md "Discovery")."""
@@ -189,21 +176,15 @@ class NetworkScanSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> NetworkScanSettings:
-        raw_concurrency = (env.get("CERTCTL_NETWORK_SCAN_CONCURRENCY") or "50").strip()
-        try:
-            concurrency = int(raw_concurrency)
-        except ValueError:
-            raise SettingsError(f"CERTCTL_NETWORK_SCAN_CONCURRENCY: '{raw_concurrency}' is not an integer") from None
-        if not 1 <= concurrency <= 1000:
-            raise SettingsError(f"CERTCTL_NETWORK_SCAN_CONCURRENCY: '{raw_concurrency}' is not between 1 and 1000")
+        concurrency = env_int_between(env, "CERTCTL_NETWORK_SCAN_CONCURRENCY", 50, 1, 1000)
         interval = parse_duration(
             "CERTCTL_NETWORK_SCAN_INTERVAL", env.get("CERTCTL_NETWORK_SCAN_INTERVAL") or "15m", 10.0
         )
         return cls(
-            enabled=_flag(env, "CERTCTL_NETWORK_SCAN_ENABLED", False),
+            enabled=env_bool(env, "CERTCTL_NETWORK_SCAN_ENABLED", False),
             interval=timedelta(seconds=interval),
-            allow_loopback=_flag(env, LOOPBACK_VARIABLE, False),
-            allow_private=_flag(env, PRIVATE_VARIABLE, False),
+            allow_loopback=env_bool(env, LOOPBACK_VARIABLE, False),
+            allow_private=env_bool(env, PRIVATE_VARIABLE, False),
             concurrency=concurrency,
         )
 

@@ -45,7 +45,8 @@ def _throwaway_key(spec: str) -> CertificateIssuerPrivateKeyTypes:
         return key
 
 
-def _sign_tbs(signer: Signer, tbs: bytes) -> bytes:
+def sign_raw(signer: Signer, tbs: bytes) -> bytes:
+    """The signer's signature over to-be-signed bytes; any driver failure becomes a SignerError."""
     try:
         return signer.sign(tbs)
     except SignerError:
@@ -54,7 +55,9 @@ def _sign_tbs(signer: Signer, tbs: bytes) -> bytes:
         raise SignerError(f"signer '{signer.ref}' failed to sign: {type(exc).__name__}") from exc
 
 
-def _verify(signer: Signer, signature: bytes, data: bytes, algorithm: hashes.HashAlgorithm | None, what: str) -> None:
+def verify_signature(
+    signer: Signer, signature: bytes, data: bytes, algorithm: hashes.HashAlgorithm | None, what: str
+) -> None:
     """Check `signature` over `data` with the signer's public key, as a relying party would."""
     public_key = signer.public_key()
     try:
@@ -76,14 +79,14 @@ def sign_certificate_externally(builder: x509.CertificateBuilder, signer: Signer
     digest = hash_for(signer.key_spec)
     draft = builder.sign(_throwaway_key(signer.key_spec), digest)
     tbs = draft.tbs_certificate_bytes
-    signature = _sign_tbs(signer, tbs)
+    signature = sign_raw(signer, tbs)
     # RFC 5280 §4.1: Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue BIT STRING }.
     structure = asn1_x509.Certificate.load(draft.public_bytes(serialization.Encoding.DER))
     structure["signature_value"] = signature
     certificate = x509.load_der_x509_certificate(structure.dump())
     _check_spliced(signer, certificate.tbs_certificate_bytes, tbs, certificate.signature, signature, "certificate")
-    _verify(signer, certificate.signature, certificate.tbs_certificate_bytes, certificate.signature_hash_algorithm,
-            "certificate")
+    verify_signature(signer, certificate.signature, certificate.tbs_certificate_bytes,
+                     certificate.signature_hash_algorithm, "certificate")
     return certificate
 
 
@@ -93,13 +96,13 @@ def sign_crl_externally(
     digest = hash_for(signer.key_spec)
     draft = builder.sign(_throwaway_key(signer.key_spec), digest)
     tbs = draft.tbs_certlist_bytes
-    signature = _sign_tbs(signer, tbs)
+    signature = sign_raw(signer, tbs)
     # RFC 5280 §5.1: CertificateList ::= SEQUENCE { tbsCertList, signatureAlgorithm, signatureValue BIT STRING }.
     structure = asn1_crl.CertificateList.load(draft.public_bytes(serialization.Encoding.DER))
     structure["signature"] = signature
     crl = x509.load_der_x509_crl(structure.dump())
     _check_spliced(signer, crl.tbs_certlist_bytes, tbs, crl.signature, signature, "CRL")
-    _verify(signer, crl.signature, crl.tbs_certlist_bytes, crl.signature_hash_algorithm, "CRL")
+    verify_signature(signer, crl.signature, crl.tbs_certlist_bytes, crl.signature_hash_algorithm, "CRL")
     return crl
 
 
@@ -136,14 +139,15 @@ def sign_ocsp_externally(builder: ocsp.OCSPResponseBuilder, signer: Signer) -> o
         real_key_info = asn1_x509.Certificate.load(responder_cert.public_bytes(serialization.Encoding.DER)).public_key
         tbs_data["responder_id"] = asn1_ocsp.ResponderId(name="by_key", value=real_key_info.sha1)
     tbs = tbs_data.dump()
-    signature = _sign_tbs(signer, tbs)
+    signature = sign_raw(signer, tbs)
     basic["signature"] = signature
     # ParsableOctetString: set the new BasicOCSPResponse as the parsed value and its DER as the octets.
     structure["response_bytes"]["response"] = asn1_ocsp.BasicOCSPResponse.load(basic.dump())
     result = ocsp.load_der_ocsp_response(structure.dump())
 
     _check_spliced(signer, result.tbs_response_bytes, tbs, result.signature, signature, "OCSP response")
-    _verify(signer, result.signature, result.tbs_response_bytes, result.signature_hash_algorithm, "OCSP response")
+    verify_signature(signer, result.signature, result.tbs_response_bytes, result.signature_hash_algorithm,
+                     "OCSP response")
     if [c.public_bytes(serialization.Encoding.DER) for c in result.certificates] != [
         c.public_bytes(serialization.Encoding.DER) for c in draft.certificates
     ]:
