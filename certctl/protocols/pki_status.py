@@ -268,8 +268,11 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
 
 
 def _from_base64(text: str) -> bytes | None:
-    """The path was percent-decoded already; tolerate base64url and a '+' turned into a space."""
-    cleaned = text.strip("/").replace(" ", "+").replace("-", "+").replace("_", "/")
+    """The path was percent-decoded already; tolerate base64url and a '+' turned into a space.
+
+    A '/' at either end is part of the base64 (its alphabet has '/'), so nothing is stripped.
+    """
+    cleaned = text.replace(" ", "+").replace("-", "+").replace("_", "/")
     cleaned += "=" * (-len(cleaned) % 4)
     try:
         return base64.b64decode(cleaned, validate=True)
