@@ -39,8 +39,10 @@ if command -v apt-get >/dev/null; then
     apt_install nginx apache2 haproxy caddy procps
     # JavaKeystore target tests run the JRE's keytool; SSH target tests start a private sshd as the current user.
     apt_install openjdk-17-jre-headless openssh-server
+    # ACME tests: certbot against our server, our ACME issuer against pebble (and its DNS test server).
+    apt_install certbot pebble
 fi
-for tool in openssl curl sqlite3 psql pg_dump pg_restore softhsm2-util nginx apache2 haproxy caddy kill keytool; do
+for tool in openssl curl sqlite3 psql pg_dump pg_restore softhsm2-util nginx apache2 haproxy caddy kill keytool certbot pebble pebble-challtestsrv; do
     command -v "$tool" >/dev/null || { echo "system-deps: '$tool' is required by the tests and is missing"; exit 1; }
 done
 
