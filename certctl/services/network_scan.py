@@ -109,6 +109,8 @@ class AddressPolicy:
 
     allow_loopback: bool = False
     allow_private: bool = False
+    loopback_variable: str = LOOPBACK_VARIABLE  # named in refusals; other users of the policy name their own
+    private_variable: str = PRIVATE_VARIABLE
 
     def refusal(self, address: IPAddress) -> str | None:
         """Why `address` must not be dialled, or None when it may be."""
@@ -121,9 +123,9 @@ class AddressPolicy:
             if address in network:
                 return reason
         if any(address in network for network in _LOOPBACK) and not self.allow_loopback:
-            return f"loopback address (allowed only with {LOOPBACK_VARIABLE}=true)"
+            return f"loopback address (allowed only with {self.loopback_variable}=true)"
         if any(address in network for network in _PRIVATE) and not self.allow_private:
-            return f"private address (allowed only with {PRIVATE_VARIABLE}=true)"
+            return f"private address (allowed only with {self.private_variable}=true)"
         return None
 
 
