@@ -1,4 +1,4 @@
-"""JSON logs with the request id on every line."""
+"""JSON logs with the request id, and the trace and span ids when tracing is on, on every line."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from opentelemetry import trace
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
@@ -26,6 +27,8 @@ class JsonFormatter(logging.Formatter):
         }
         if rid := request_id_var.get():
             entry["request_id"] = rid
+        if ids := _trace_ids():
+            entry["trace_id"], entry["span_id"] = ids
         for key, value in record.__dict__.items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value
@@ -38,7 +41,19 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         rid = request_id_var.get()
         base = super().format(record)
-        return f"{base} request_id={rid}" if rid else base
+        if rid:
+            base = f"{base} request_id={rid}"
+        if ids := _trace_ids():
+            base = f"{base} trace_id={ids[0]} span_id={ids[1]}"
+        return base
+
+
+def _trace_ids() -> tuple[str, str] | None:
+    """The current span's ids (hex), when a line is written inside a recorded span."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return format(context.trace_id, "032x"), format(context.span_id, "016x")
 
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "warning": logging.WARNING,

@@ -29,6 +29,7 @@ from certctl.agent.config import AgentConfig
 from certctl.agent.keystore import KeyStore, build_csr
 from certctl.agent.state import AgentState
 from certctl.connectors.discovery.filesystem import scan_directories
+from certctl.observability.calls import target_call
 from certctl.pki.export import pem_parts
 
 log = logging.getLogger("certctl.agent")
@@ -225,8 +226,11 @@ class AgentRunner:
             return {"success": False,
                     "message": f"no private key on this host matches certificate '{certificate_id}' "
                                f"(serial {picked.get('serial_number')}); it was not made by this agent"}
-        return await self.deployer(
-            str(item.get("target_type") or ""), dict(item.get("target_config") or {}), cert_pem=parts.cert_pem,
-            chain_pem=parts.chain_pem, key_pem=key_pem, certificate_id=certificate_id,
-            job_id=str(item["id"]), dry_run=dry_run,
-        )
+        target_type = str(item.get("target_type") or "")
+        with target_call(target_type, "dry_run" if dry_run else "deploy", job_id=str(item["id"]),
+                         target_id=item.get("target_id"), certificate_id=certificate_id):
+            return await self.deployer(
+                target_type, dict(item.get("target_config") or {}), cert_pem=parts.cert_pem,
+                chain_pem=parts.chain_pem, key_pem=key_pem, certificate_id=certificate_id,
+                job_id=str(item["id"]), dry_run=dry_run,
+            )

@@ -23,6 +23,7 @@ from certctl.api.middleware import (
 )
 from certctl.api.pki_http import PkiHttpListener
 from certctl.api.ratelimit import TokenBuckets
+from certctl.api.telemetry import TelemetryMiddleware
 from certctl.api.routers import (
     agent_groups,
     agents,
@@ -35,6 +36,7 @@ from certctl.api.routers import (
     intermediates,
     issuers,
     jobs,
+    metrics,
     network_scan,
     owners,
     policies,
@@ -48,6 +50,7 @@ from certctl.api.routers import (
 from certctl.config import Settings
 from certctl.domain.clock import Clock
 from certctl.domain.keys import KeyStore
+from certctl.observability import tracing
 from certctl.pki.sealing import ConfigSealer, load_or_create_key_file
 from certctl.protocols import pki_status
 from certctl.scheduler import SchedulerSettings, build_scheduler
@@ -85,6 +88,7 @@ ROUTERS = [
     discovery.router,
     network_scan.router,
     health_checks.router,
+    metrics.router,
 ]
 
 
@@ -97,6 +101,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, prepare: bool 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tracing_started = tracing.setup()  # OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set
         db = Database(settings.effective_database_url, pool_size=settings.database_max_conns)
         ctx = _context(settings, db, clock)
         if prepare:
@@ -135,6 +140,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, prepare: bool 
             await services.certificates.settle_counts()
             await sink.close(timeout=settings.audit_flush_timeout_seconds)
             await db.dispose()
+            if tracing_started:
+                tracing.shutdown()  # exports the buffered spans
 
     app = FastAPI(
         title="certctl API",
@@ -168,6 +175,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, prepare: bool 
     # OCSP is answered here, before the API layers it has no use for (see pki_status.OcspFastPath).
     app.add_middleware(pki_status.OcspFastPath)
     app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(TelemetryMiddleware)  # outermost: metrics and the request's span (observability.md)
     return app
 
 

@@ -143,7 +143,7 @@ def server(
         http="httptools",
     )
     if multi:
-        _serve_workers(config, settings)
+        _serve_workers_with_metrics(config, settings)
     else:
         typer.echo(f"certctl {__version__} listening on https://{settings.host}:{settings.port}", err=True)
         _serve_single(config, cert, key)
@@ -195,6 +195,18 @@ def _serve_single(config: uvicorn.Config, cert: Path, key: Path) -> None:
     server.run()
     if not server.started:
         raise typer.Exit(3)
+
+
+def _serve_workers_with_metrics(config: uvicorn.Config, settings: Settings) -> None:
+    """Workers write their metrics to files in one fresh directory; any of them serves the sum (observability.md)."""
+    from certctl.observability.metrics import MULTIPROC_ENV, cleanup_multiprocess_dir, prepare_multiprocess_dir
+
+    created = MULTIPROC_ENV not in os.environ
+    directory = prepare_multiprocess_dir()  # before any worker starts: prometheus_client reads it on import
+    try:
+        _serve_workers(config, settings)
+    finally:
+        cleanup_multiprocess_dir(directory, created=created)
 
 
 def _serve_workers(config: uvicorn.Config, settings: Settings) -> None:
@@ -332,6 +344,9 @@ def agent(
     configure_logging(os.environ.get("CERTCTL_LOG_LEVEL", "info"), os.environ.get("CERTCTL_LOG_FORMAT", "json"))
 
     async def main() -> int:
+        from certctl.observability import tracing
+
+        tracing.setup("certctl-agent")  # spans of target connector calls, when OTEL_EXPORTER_OTLP_ENDPOINT is set
         runner = AgentRunner(settings, deployer=TargetDeployer.for_state_dir(settings.state_dir))
         try:
             if dry_run:
@@ -348,6 +363,7 @@ def agent(
             return await runner.run(stop=stop)
         finally:
             await runner.client.close()
+            tracing.shutdown()
 
     raise typer.Exit(asyncio.run(main()))
 

@@ -16,13 +16,14 @@ from certctl.domain.models.agent_work import (
     WorkItem,
     WorkList,
 )
+from certctl.observability import metrics
 from certctl.pki.export import pem_parts
 from certctl.services import audit
 from certctl.services.connector_config import unseal
 from certctl.services.context import ServiceContext
 from certctl.services.issuance import retry_delay
 from certctl.services.jobs import ISSUING_JOB_TYPES, transition_job
-from certctl.store import issuance_repo, jobs_repo, rows
+from certctl.store import issuance_repo, jobs_repo, metrics_repo, rows
 from certctl.store.certificates_repo import latest_version
 from certctl.store.schema import agents
 
@@ -125,6 +126,7 @@ class AgentWorkService:
                 })
                 if job["certificate_id"]:
                     await jobs_repo.update_certificate(conn, job["certificate_id"], {"last_deployment_at": now})
+                metrics.deployment_reported(await metrics_repo.target_type(conn, job["target_id"]), ok=True)
                 await audit.record(conn, self.ctx.clock, actor, "deployment_completed", "job", job_id, details)
                 return JobStatusAccepted(status="ok", job_id=job_id, job_status=JobStatus.COMPLETED)
             error = (report.error or "the agent reported a failure").strip()
@@ -141,6 +143,7 @@ class AgentWorkService:
                 "verification_fingerprint": verification.fingerprint if verification else None,
                 "verification_error": verification.error if verification else None,
             })
+            metrics.deployment_reported(await metrics_repo.target_type(conn, job["target_id"]), ok=False)
             await audit.record(conn, self.ctx.clock, actor, "deployment_failed", "job", job_id,
                                {**details, "error": error, "will_retry": retry})
             return JobStatusAccepted(status="ok", job_id=job_id,

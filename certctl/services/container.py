@@ -20,6 +20,7 @@ from certctl.services.issuance import IssuanceService
 from certctl.services.issuers import IssuerService
 from certctl.services.job_maintenance import JobMaintenanceService
 from certctl.services.jobs import JobService
+from certctl.services.metrics import MetricsService
 from certctl.services.network_scan import NetworkScanService, NetworkScanTargetService
 from certctl.services.org import OwnerService, TeamService
 from certctl.services.policies import PolicyRuleService
@@ -62,6 +63,7 @@ class Services:
     network_scan_targets: NetworkScanTargetService = field(init=False)
     network_scan: NetworkScanService = field(init=False)
     health_checks: HealthCheckService = field(init=False)
+    metrics: MetricsService = field(init=False)
 
     def __post_init__(self) -> None:
         self.audit = AuditService(self.ctx.db)
@@ -92,3 +94,4 @@ class Services:
         self.network_scan_targets = NetworkScanTargetService(self.ctx)
         self.network_scan = NetworkScanService(self.ctx)
         self.health_checks = HealthCheckService(self.ctx)
+        self.metrics = MetricsService(self.ctx)

@@ -49,6 +49,8 @@ from certctl.domain.ids import new_id
 from certctl.domain.models.agent_work import CSRAccepted
 from certctl.domain.models.jobs import plan_job_transition
 from certctl.domain.models.profiles import CertificateProfile
+from certctl.observability import metrics
+from certctl.observability.calls import issuer_call, traced_job
 from certctl.pki.csr_policy import CheckedCSR, check_csr, general_name, key_facts
 from certctl.pki.leaf import LeafRequest, build_leaf, generate_leaf_key, private_key_pem
 from certctl.pki.serials import new_serial, serial_hex
@@ -176,7 +178,8 @@ class IssuanceService:
                 # The local CA signs in well under a millisecond: the whole sequence is this one transaction,
                 # so the answer carries the stored certificate and a failure leaves nothing behind.
                 ca = await self.cas.issuing_ca(conn, plan.issuer, create=False)
-                leaf = build_leaf(ca, self._leaf_request(plan, checked.public_key), new_serial())
+                with issuer_call(plan.issuer["type"], plan.issuer["id"], job_id=job["id"]):
+                    leaf = build_leaf(ca, self._leaf_request(plan, checked.public_key), new_serial())
                 running = {**dict(job), **plan_job_transition(job["status"], JobStatus.RUNNING, now,
                                                               attempts=job["attempts"]),
                            "csr_pem": csr_pem, "agent_id": agent_id}
@@ -222,6 +225,7 @@ class IssuanceService:
         return job
 
     # ---- the issuance sequence -----------------------------------------------------------------
+    @traced_job
     async def execute(self, job_id: str) -> str:
         """Run one issuing job that this process holds; returns the job's status afterwards."""
         async with self.ctx.db.read() as conn:  # 1. read
@@ -264,7 +268,8 @@ class IssuanceService:
         for _ in range(3):  # a serial collision (2^-127 per pair) just draws again
             serial = new_serial()
             try:
-                leaf = build_leaf(ca, request, serial)
+                with issuer_call(plan.issuer["type"], plan.issuer["id"], job_id=job_id):
+                    leaf = build_leaf(ca, request, serial)
             except ValidationError as exc:
                 return await self.fail_attempt(job_id, exc.message, retryable=False)
             try:
@@ -324,6 +329,7 @@ class IssuanceService:
         else:
             deployments = []
         changes = plan_job_transition(job["status"], JobStatus.COMPLETED, now, attempts=job["attempts"])
+        metrics.job_outcome(job["type"], "completed")  # counted when this transaction commits
         await jobs_repo.update_job(conn, job["id"], {
             **changes, "attempts": job["attempts"], "started_at": job["started_at"] or now,
             "csr_pem": job["csr_pem"], "agent_id": job["agent_id"], "last_error": None,

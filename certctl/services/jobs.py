@@ -21,6 +21,7 @@ from certctl.domain.errors import ConflictError, ForbiddenError, NotFoundError, 
 from certctl.domain.ids import new_id
 from certctl.domain.models.common import PageParams
 from certctl.domain.models.jobs import ApprovalState, Job, check_initial_job_status, plan_job_transition
+from certctl.observability import metrics
 from certctl.services import audit
 from certctl.services.context import ServiceContext
 from certctl.store import jobs_repo
@@ -83,6 +84,8 @@ async def transition_job(
     if last_error is not None:
         changes["last_error"] = last_error
     await jobs_repo.update_job(conn, job["id"], changes)
+    if new.terminal or (new is JobStatus.PENDING and last_error is not None):  # an outcome, or a retry
+        metrics.job_outcome(job["type"], "retry" if new is JobStatus.PENDING else new.value.lower())
     return changes
 
 

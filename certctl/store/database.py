@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 
 from certctl.domain.errors import ConflictError, UnavailableError
+from certctl.observability import tracing
 
 
 def async_url(url: str) -> str:
@@ -54,16 +55,20 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        """One unit of work; integrity violations become a 409 with a readable message."""
-        async with self._connection() as conn:
-            try:
-                # SQLite: take the write lock up front (BEGIN IMMEDIATE) so two writers queue on
-                # busy_timeout instead of deadlocking when both try to upgrade a read lock.
-                await conn.execution_options(certctl_write=True)
-                async with conn.begin():
-                    yield conn
-            except IntegrityError as exc:
-                raise ConflictError(describe_integrity_error(exc)) from exc
+        """One unit of work; integrity violations become a 409 with a readable message.
+
+        Traced as one `db.transaction` span (commit included); `tracing.after_commit` callbacks run once it commits.
+        """
+        with tracing.db_transaction(self.dialect):  # the span includes waiting for a pooled connection
+            async with self._connection() as conn:
+                try:
+                    # SQLite: take the write lock up front (BEGIN IMMEDIATE) so two writers queue on
+                    # busy_timeout instead of deadlocking when both try to upgrade a read lock.
+                    await conn.execution_options(certctl_write=True)
+                    async with conn.begin():
+                        yield conn
+                except IntegrityError as exc:
+                    raise ConflictError(describe_integrity_error(exc)) from exc
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
