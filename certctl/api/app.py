@@ -23,7 +23,6 @@ from certctl.api.middleware import (
 )
 from certctl.api.pki_http import PkiHttpListener
 from certctl.api.ratelimit import TokenBuckets
-from certctl.api.telemetry import TelemetryMiddleware
 from certctl.api.routers import (
     agent_groups,
     agents,
@@ -47,6 +46,7 @@ from certctl.api.routers import (
     targets,
     teams,
 )
+from certctl.api.telemetry import TelemetryMiddleware
 from certctl.config import Settings
 from certctl.domain.clock import Clock
 from certctl.domain.keys import KeyStore
