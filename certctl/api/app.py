@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from certctl import __version__
 from certctl.api.errors import install_error_handlers
+from certctl.api.hot_routes import HotRoutes, api_routes
 from certctl.api.middleware import (
     AgentKeyCache,
     AuditMiddleware,
@@ -158,6 +159,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, prepare: bool 
         app.include_router(router)
 
     # Added innermost first; the request passes them in the reverse order.
+    app.add_middleware(HotRoutes, routes=api_routes(ROUTERS), handlers={**agents.HOT_HANDLERS,
+                                                                         **certificates.HOT_HANDLERS})
     app.add_middleware(InputSanityMiddleware)
     app.add_middleware(AuditMiddleware, sink=lambda: _sink(app), clock=clock.now)
     app.add_middleware(

@@ -47,7 +47,7 @@ async def versions_of_certificate(conn: AsyncConnection, certificate_id: str) ->
     return list(result.mappings())
 
 
-def _agent_targets(agent_id: str) -> Any:
+def _agent_targets(agent_id: Any) -> Any:
     """Certificates mapped to a live target of the agent."""
     t, m = deployment_targets.c, certificate_target_mappings.c
     return (
@@ -70,22 +70,27 @@ async def agent_work(conn: AsyncConnection, agent_id: str, issuing_types: Sequen
     """AwaitingCSR issuing jobs for certificates the agent deploys (or assigned to it), and its Pending
     deployment jobs; with the certificate's names and the target's type and (redacted) config."""
     mc, t = managed_certificates.c, deployment_targets.c
-    csr_wanted = and_(
-        _j.status == "AwaitingCSR", _j.type.in_(issuing_types),
-        or_(_j.agent_id == agent_id, and_(_j.agent_id.is_(None), _j.certificate_id.in_(_agent_targets(agent_id)))),
-    )
-    deploy_wanted = and_(_j.status == "Pending", _j.type == "Deployment", _j.agent_id == agent_id)
-    stmt = (
-        select(_j.id, _j.type, _j.certificate_id, _j.target_id, _j.status, mc.common_name, mc.sans,
-               t.type.label("target_type"), t.config.label("target_config"),
-               t.encrypted_config.label("target_encrypted_config"))
-        .select_from(jobs.outerjoin(managed_certificates, mc.id == _j.certificate_id)
-                     .outerjoin(deployment_targets, t.id == _j.target_id))
-        .where(or_(csr_wanted, deploy_wanted))
-        .order_by(_j.scheduled_at, _j.id)
-        .limit(limit)
-    )
-    return list((await conn.execute(stmt)).mappings())
+
+    def build() -> Any:  # built once: every agent polls this every 30 s
+        agent = bindparam("agent_id")
+        csr_wanted = and_(
+            _j.status == "AwaitingCSR", _j.type.in_(tuple(issuing_types)),
+            or_(_j.agent_id == agent, and_(_j.agent_id.is_(None), _j.certificate_id.in_(_agent_targets(agent)))),
+        )
+        deploy_wanted = and_(_j.status == "Pending", _j.type == "Deployment", _j.agent_id == agent)
+        return (
+            select(_j.id, _j.type, _j.certificate_id, _j.target_id, _j.status, mc.common_name, mc.sans,
+                   t.type.label("target_type"), t.config.label("target_config"),
+                   t.encrypted_config.label("target_encrypted_config"))
+            .select_from(jobs.outerjoin(managed_certificates, mc.id == _j.certificate_id)
+                         .outerjoin(deployment_targets, t.id == _j.target_id))
+            .where(or_(csr_wanted, deploy_wanted))
+            .order_by(_j.scheduled_at, _j.id)
+            .limit(bindparam("limit"))
+        )
+
+    stmt = rows.cached_statement(("agent_work", tuple(issuing_types)), build)
+    return list((await conn.execute(stmt, {"agent_id": agent_id, "limit": limit})).mappings())
 
 
 async def awaiting_csr_job(conn: AsyncConnection, certificate_id: str, issuing_types: Sequence[str]) -> Row | None:

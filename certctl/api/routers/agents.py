@@ -6,11 +6,13 @@ auth middleware for this one route only).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
-from certctl.api.deps import ActorDep, AdminDep, PageDep, ServicesDep
+from certctl.api.deps import ActorDep, AdminDep, PageDep, ServicesDep, actor_of, services_of
+from certctl.api.hot_routes import HotHandler, model_response, optional_json_body
 from certctl.domain.models.agent_work import (
     CertificatePickup,
     CSRAccepted,
@@ -69,6 +71,19 @@ async def rotate_agent_key(id: str, request: Request, services: ServicesDep, act
 @router.get("/{id}/work", summary="Get pending work (AwaitingCSR and deployment jobs)")
 async def agent_work(id: str, services: ServicesDep, actor: ActorDep) -> WorkList:
     return await services.agent_work.work(actor, id)
+
+
+# Every agent polls every 30 s and heartbeats every minute: these skip FastAPI's routing (see api/hot_routes.py).
+async def _heartbeat_hot(request: Request) -> Response:
+    body = await optional_json_body(request, Heartbeat)
+    return model_response(await heartbeat(request.path_params["id"], services_of(request), actor_of(request), body))
+
+
+async def _agent_work_hot(request: Request) -> Response:
+    return model_response(await agent_work(request.path_params["id"], services_of(request), actor_of(request)))
+
+
+HOT_HANDLERS: dict[Callable[..., Any], HotHandler] = {heartbeat: _heartbeat_hot, agent_work: _agent_work_hot}
 
 
 @router.post(
