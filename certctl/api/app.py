@@ -54,6 +54,7 @@ from certctl.domain.keys import KeyStore
 from certctl.observability import tracing
 from certctl.pki.sealing import ConfigSealer, load_or_create_key_file
 from certctl.protocols import pki_status
+from certctl.protocols.acme import routes as acme_routes
 from certctl.scheduler import SchedulerSettings, build_scheduler
 from certctl.services.audit import AuditSink
 from certctl.services.bootstrap import ensure_admin_key, seed_defaults, stored_keys
@@ -138,6 +139,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, prepare: bool 
             if scheduler is not None:
                 await scheduler.stop()  # drained first: its loops use the sink and the database
             await services.status.aclose()
+            await services.acme.aclose()
             await services.certificates.settle_counts()
             await sink.close(timeout=settings.audit_flush_timeout_seconds)
             await db.dispose()
@@ -157,6 +159,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, prepare: bool 
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    app.mount("/acme", acme_routes.router)  # RFC 8555 server; JWS is its authentication (docs/acme.md)
 
     # Added innermost first; the request passes them in the reverse order.
     app.add_middleware(HotRoutes, routes=api_routes(ROUTERS), handlers={**agents.HOT_HANDLERS,

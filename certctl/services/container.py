@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from certctl.services.acme import AcmeService
 from certctl.services.agent_groups import AgentGroupService
 from certctl.services.agent_work import AgentWorkService
 from certctl.services.agents import AgentService
@@ -63,6 +64,7 @@ class Services:
     network_scan_targets: NetworkScanTargetService = field(init=False)
     network_scan: NetworkScanService = field(init=False)
     health_checks: HealthCheckService = field(init=False)
+    acme: AcmeService = field(init=False)
     metrics: MetricsService = field(init=False)
 
     def __post_init__(self) -> None:
@@ -94,4 +96,6 @@ class Services:
         self.network_scan_targets = NetworkScanTargetService(self.ctx)
         self.network_scan = NetworkScanService(self.ctx)
         self.health_checks = HealthCheckService(self.ctx)
+        self.acme = AcmeService(self.ctx, self.cas, self.certificate_actions,
+                                on_certificates_changed=self.certificates._writes_happened)
         self.metrics = MetricsService(self.ctx)

@@ -609,3 +609,90 @@ endpoint_health_history = Table(
 Index("ix_health_history_check", endpoint_health_history.c.health_check_id, endpoint_health_history.c.checked_at,
       endpoint_health_history.c.id)
 Index("ix_health_history_checked", endpoint_health_history.c.checked_at)
+
+# ---- ACME server (RFC 8555, migration 0005) ---------------------------------------------------------
+# External account binding keys (RFC 8555 §7.3.4): the HMAC key sealed with the config encryption key,
+# shown once at creation; bound to the account that used it (single use).
+acme_eab_keys = Table(
+    "acme_eab_keys", metadata, _id(),
+    Column("profile_id", Text, ForeignKey("certificate_profiles.id", ondelete="CASCADE"), nullable=True),
+    Column("sealed_hmac_key", Text, nullable=False),
+    Column("description", Text, nullable=False, server_default=""),
+    Column("account_id", Text, nullable=True),
+    Column("created_by", Text, nullable=False, server_default=""),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("used_at", UTCDateTime, nullable=True),
+)
+
+# One account per (profile, key thumbprint): the same key on two profiles is two accounts.
+acme_accounts = Table(
+    "acme_accounts", metadata, _id(),
+    Column("profile_id", Text, ForeignKey("certificate_profiles.id", ondelete="CASCADE"), nullable=False),
+    Column("thumbprint", Text, nullable=False),
+    Column("jwk", JSONType, nullable=False),
+    Column("status", Text, nullable=False, server_default="valid"),
+    Column("contact", JSONType, nullable=False),
+    Column("terms_agreed", Boolean, nullable=False, server_default=text("false")),
+    Column("eab_key_id", Text, nullable=True),
+    *_stamps(),
+)
+Index("uq_acme_accounts_profile_thumbprint", acme_accounts.c.profile_id, acme_accounts.c.thumbprint, unique=True)
+
+acme_orders = Table(
+    "acme_orders", metadata, _id(),
+    Column("account_id", Text, ForeignKey("acme_accounts.id", ondelete="CASCADE"), nullable=False),
+    Column("profile_id", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("identifiers", JSONType, nullable=False),
+    Column("not_before", UTCDateTime, nullable=True),
+    Column("not_after", UTCDateTime, nullable=True),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("error", JSONType, nullable=True),
+    Column("certificate_id", Text, nullable=True),  # the managed certificate finalize created
+    Column("version_id", Text, nullable=True),
+    Column("replaces", Text, nullable=True),  # RFC 9773 certificate id as the client sent it
+    Column("replaces_order_id", Text, nullable=True),
+    *_stamps(),
+)
+Index("ix_acme_orders_account", acme_orders.c.account_id, acme_orders.c.created_at, acme_orders.c.id)
+Index("ix_acme_orders_status_expires", acme_orders.c.status, acme_orders.c.expires_at)
+Index("ix_acme_orders_version", acme_orders.c.version_id)
+# A certificate is replaced by at most one order (RFC 9773 §5 alreadyReplaced).
+Index("uq_acme_orders_replaces", acme_orders.c.replaces_order_id, unique=True,
+      postgresql_where=acme_orders.c.replaces_order_id.is_not(None),
+      sqlite_where=acme_orders.c.replaces_order_id.is_not(None))
+
+acme_authorizations = Table(
+    "acme_authorizations", metadata, _id(),
+    Column("order_id", Text, ForeignKey("acme_orders.id", ondelete="CASCADE"), nullable=False),
+    Column("account_id", Text, nullable=False),
+    Column("identifier_type", Text, nullable=False),
+    Column("identifier_value", Text, nullable=False),
+    Column("wildcard", Boolean, nullable=False, server_default=text("false")),
+    Column("status", Text, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    *_stamps(),
+)
+Index("ix_acme_authorizations_order", acme_authorizations.c.order_id)
+
+acme_challenges = Table(
+    "acme_challenges", metadata, _id(),
+    Column("authz_id", Text, ForeignKey("acme_authorizations.id", ondelete="CASCADE"), nullable=False),
+    Column("type", Text, nullable=False),
+    Column("token", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("validated_at", UTCDateTime, nullable=True),
+    Column("error", JSONType, nullable=True),
+    Column("validation_record", JSONType, nullable=True),
+    *_stamps(),
+)
+Index("ix_acme_challenges_authz", acme_challenges.c.authz_id)
+Index("ix_acme_challenges_status_updated", acme_challenges.c.status, acme_challenges.c.updated_at)
+
+# Replay nonces (RFC 8555 §6.5): single use (consuming deletes the row), shared by every replica.
+acme_nonces = Table(
+    "acme_nonces", metadata,
+    Column("value", Text, primary_key=True),
+    Column("expires_at", UTCDateTime, nullable=False),
+)
+Index("ix_acme_nonces_expires", acme_nonces.c.expires_at)
