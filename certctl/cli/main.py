@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from certctl import __version__
+from certctl.cli.backup import backup_app
 from certctl.config import Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 app = typer.Typer(help="certctl: TLS certificate lifecycle platform", no_args_is_help=True)
 db_app = typer.Typer(help="Database maintenance", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(backup_app, name="backup")
 
 log = logging.getLogger("certctl.server")
 
