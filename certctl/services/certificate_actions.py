@@ -62,6 +62,8 @@ class CertificateActionService:
         self.ctx = ctx
         # Set by the container: called with the CA ids that revoked something, after the commit.
         self.after_revoke: Callable[[set[str]], Awaitable[None]] | None = None
+        # Set by the container: tells an outside CA (ACME revokeCert) after the commit, per certificate.
+        self.revoke_at_issuer: Callable[[str], Awaitable[int]] | None = None
 
     # ---- renew ------------------------------------------------------------------------------------
     async def renew(self, actor: Actor, certificate_id: str, *, force: bool = False) -> RenewResult:
@@ -190,6 +192,8 @@ class CertificateActionService:
             cert = await self._locked_cert(conn, certificate_id)
             cas = await self._revoke_in(conn, actor, cert, reason)
         await self._publish_revocations(cas)
+        if self.revoke_at_issuer is not None:
+            await self.revoke_at_issuer(certificate_id)
         return ActionStatus(status="revoked")
 
     async def _revoke_in(
@@ -265,6 +269,9 @@ class CertificateActionService:
 
         matched, done, skipped, errors = await self._run_bulk(body, one, source="EST" if est_only else None)
         await self._publish_revocations(set().union(*(cas for _, cas in done)))
+        if self.revoke_at_issuer is not None:
+            for certificate_id, _ in done:
+                await self.revoke_at_issuer(certificate_id)
         result = BulkRevokeResult(
             total_matched=matched, total_revoked=len(done), total_skipped=skipped,
             total_failed=len(errors), errors=errors,

@@ -90,6 +90,8 @@ class Services:
         self.status = StatusService(self.ctx, self.cas)
         # A revocation reaches CRL and OCSP right after it commits, not at the next scheduled rebuild.
         self.certificate_actions.after_revoke = self.status.revoked
+        # An ACME-issued certificate is also revoked at its CA (RFC 8555 §7.6) once the inventory's revocation commits.
+        self.certificate_actions.revoke_at_issuer = self.issuance.connectors.notify_revocations
         self.renewal = RenewalService(self.ctx, self.certificate_actions)
         self.job_maintenance = JobMaintenanceService(self.issuance)
         self.discovery = DiscoveryService(self.ctx)

@@ -5,8 +5,11 @@ A job reaches `execute` in Running, claimed by this process (`holder`) with a le
   2. take the key: the agent's CSR stored on the job (agent key generation), or a key generated
      here and sealed (server key generation); with agent generation and no CSR yet, the job goes
      to AwaitingCSR and the sequence stops;
-  3. resolve the issuing CA (local GenericCA issuers; other issuer types have no connector yet
-     and fail the job permanently with that reason);
+  3. resolve the issuing CA (local GenericCA issuers); an issuer type with a connector in
+     `certctl.connectors.issuers.registry` (ACME) takes `_issue_by_connector` instead: a CSR (the agent's, or
+     one made here for a server key), the CA's answer awaited outside any transaction within the job's
+     lease, then step 5 with the CA's leaf and chain (no certctl CA id). CA errors fail the attempt with the
+     connector's verdict on retrying. Types with neither fail the job permanently with that reason;
   4. draw a random serial and sign (name constraints of every CA above are enforced by the leaf
      template before signing);
   5. in one transaction: re-check the job is still ours and Running, store the version (unique per
@@ -35,6 +38,7 @@ from cryptography.x509.oid import NameOID
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from certctl.connectors.issuers.base import IssueRequest, IssuerError
 from certctl.domain.actor import Actor
 from certctl.domain.enums import CertificateStatus, ExtendedKeyUsage, IssuerType, JobStatus, JobType
 from certctl.domain.errors import (
@@ -51,12 +55,14 @@ from certctl.domain.models.jobs import plan_job_transition
 from certctl.domain.models.profiles import CertificateProfile
 from certctl.observability import metrics
 from certctl.observability.calls import issuer_call, traced_job
+from certctl.pki.csr_build import build_csr
 from certctl.pki.csr_policy import CheckedCSR, check_csr, general_name, key_facts
 from certctl.pki.leaf import LeafRequest, build_leaf, generate_leaf_key, private_key_pem
 from certctl.pki.serials import new_serial, serial_hex
 from certctl.services import audit
 from certctl.services.ca_service import CAService, RootMissing
 from certctl.services.context import ServiceContext
+from certctl.services.issuer_connectors import IssuerConnectors
 from certctl.services.jobs import ISSUING_JOB_TYPES, transition_job
 from certctl.store import audit_repo, issuance_repo, job_queue_repo, jobs_repo, rows
 from certctl.store.rows import Row
@@ -126,6 +132,7 @@ class IssuanceService:
         self.cas = cas
         self.holder = process_holder()
         self._profiles = _ProfileCache()
+        self.connectors = IssuerConnectors(ctx)
         # How long a claim holds without renewal; a crashed holder's jobs are requeued after it (job reaper).
         lease_seconds = ctx.settings.extra.get("CERTCTL_JOB_LEASE_SECONDS") or LEASE.total_seconds()
         self.lease = timedelta(seconds=int(lease_seconds))
@@ -243,6 +250,8 @@ class IssuanceService:
                 return await self.fail_attempt(job_id, exc.message, retryable=False)
             except CertctlError as exc:
                 return await self.fail_attempt(job_id, exc.message, retryable=True)
+        if ca is None and self.connectors.handles(plan.issuer["type"]):
+            return await self._issue_by_connector(plan)
         if ca is None:
             return await self.fail_attempt(
                 job_id, f"issuer type {plan.issuer['type']} has no certctl connector yet", retryable=False)
@@ -279,9 +288,48 @@ class IssuanceService:
                     raise
         return await self.fail_attempt(job_id, "could not draw a unique serial number", retryable=True)
 
+    async def _issue_by_connector(self, plan: _Plan) -> str:
+        """Steps 2-5 through an issuer connector (ACME): CSR, the CA's answer, then the same storing step."""
+        job = plan.job
+        try:
+            connector = self.connectors.for_issuer(plan.issuer)
+            key_pem = None
+            if job["csr_pem"]:
+                csr_pem = job["csr_pem"]
+                checked = self._check(csr_pem, plan)
+                key_algorithm, key_size = checked.key_algorithm, checked.key_size
+            else:
+                rules = [(r.algorithm.value, r.min_size) for r in plan.profile.allowed_key_algorithms] \
+                    if plan.profile else []
+                private_key, key_algorithm, key_size = await asyncio.to_thread(generate_leaf_key, rules)
+                key_pem = private_key_pem(private_key)
+                csr_pem = build_csr(private_key, str(plan.cert["common_name"]), self._names(plan.cert))
+            replaces = await self.connectors.replaces_for(plan.issuer, plan.cert["id"]) \
+                if job["type"] == JobType.RENEWAL.value else None
+        except ValidationError as exc:
+            return await self.fail_attempt(job["id"], exc.message, retryable=False)
+        try:
+            result = await connector.issue(IssueRequest(
+                csr_pem=csr_pem, common_name=str(plan.cert["common_name"]),
+                sans=tuple(str(s) for s in plan.cert["sans"] or ()), replaces=replaces,
+                certificate_id=plan.cert["id"], job_id=job["id"]))
+            leaf = x509.load_pem_x509_certificate(result.leaf_pem.encode())
+        except IssuerError as exc:
+            return await self.fail_attempt(job["id"], exc.message, retryable=exc.retryable)
+        except CertctlError as exc:
+            return await self.fail_attempt(job["id"], exc.message, retryable=False)
+        status = await self._store(plan, None, result.chain_pem, leaf, key_pem, key_algorithm.value, key_size,
+                                   details={**result.details, "issuer_type": plan.issuer["type"]})
+        if status == JobStatus.COMPLETED.value:
+            async with self.ctx.db.read() as conn:
+                version = await issuance_repo.version_of_job(conn, job["id"])
+            if version is not None:
+                await self.connectors.after_issue(plan.issuer, plan.cert["id"], version["id"], result)
+        return status
+
     async def _store(
-        self, plan: _Plan, ca_id: str, chain_pem: str, leaf: x509.Certificate, key_pem: str | None,
-        key_algorithm: str, key_size: int,
+        self, plan: _Plan, ca_id: str | None, chain_pem: str, leaf: x509.Certificate, key_pem: str | None,
+        key_algorithm: str, key_size: int, details: Mapping[str, Any] | None = None,
     ) -> str:
         """5. one transaction: the job is still ours, then everything `_commit_issued` writes."""
         async with self.ctx.db.transaction() as conn:
@@ -290,12 +338,13 @@ class IssuanceService:
                 # Cancelled, or reaped and taken by someone else while we signed: what we signed is dropped.
                 return job["status"] if job is not None else "missing"
             await self._commit_issued(conn, _Plan(job, plan.cert, plan.issuer, plan.profile, plan.policy), ca_id,
-                                      chain_pem, leaf, key_pem, key_algorithm, key_size)
+                                      chain_pem, leaf, key_pem, key_algorithm, key_size, details=details)
         return JobStatus.COMPLETED.value
 
     async def _commit_issued(
-        self, conn: AsyncConnection, plan: _Plan, ca_id: str, chain_pem: str, leaf: x509.Certificate,
+        self, conn: AsyncConnection, plan: _Plan, ca_id: str | None, chain_pem: str, leaf: x509.Certificate,
         key_pem: str | None, key_algorithm: str, key_size: int, *, earlier_events: list[dict[str, Any]] | None = None,
+        details: Mapping[str, Any] | None = None,
     ) -> str:
         """In the caller's transaction: version (+ sealed key), certificate, job Completed, deployments, audit.
 
@@ -339,6 +388,7 @@ class IssuanceService:
             "ca_id": ca_id, "issuer_id": cert["issuer_id"], "not_after": leaf.not_valid_after_utc.isoformat(),
             "fingerprint_sha256": fingerprint, "key_algorithm": key_algorithm,
             "key_generation": "server" if key_pem is not None else "agent", "deployment_jobs": deployments,
+            **(details or {}),
         }, now)
         await audit_repo.add_events(conn, [*(earlier_events or []), issued])
         return version_id

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from certctl.connectors.issuers.registry import validate_issuer_config as validate_connector_config
 from certctl.domain.actor import Actor
 from certctl.domain.enums import IssuerType
 from certctl.domain.errors import ConflictError, NotFoundError, ValidationError
@@ -44,7 +45,7 @@ ISSUER_RULES: dict[IssuerType, ConfigRules] = {
         urls={"directory_url": _HTTPS},
         emails=("email",),
         ports=("http_port",),
-        positive_ints=("dns_propagation_wait", "ari_http_timeout_seconds"),
+        positive_ints=("ari_http_timeout_seconds",),  # dns_propagation_wait may be 0: the connector checks it
         choices={"challenge_type": ("http-01", "dns-01", "dns-persist-01")},
         together=(("eab_kid", "eab_hmac"),),
     ),
@@ -97,6 +98,7 @@ ISSUER_RULES: dict[IssuerType, ConfigRules] = {
 
 def validate_issuer_config(issuer_type: IssuerType, config: Mapping[str, Any]) -> None:
     require_valid(f"{issuer_type.value} issuer", ISSUER_RULES[issuer_type], config)
+    validate_connector_config(issuer_type.value, config)  # a connector's own checks, defaults applied
 
 
 class IssuerService(CrudService[Issuer]):

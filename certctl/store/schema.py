@@ -696,3 +696,48 @@ acme_nonces = Table(
     Column("expires_at", UTCDateTime, nullable=False),
 )
 Index("ix_acme_nonces_expires", acme_nonces.c.expires_at)
+
+# ACME issuer connector (certctl.connectors.issuers.acme): one ACME account per issuer and directory URL. The
+# account key is made once, sealed with the config encryption key before it is registered, and reused.
+acme_client_accounts = Table(
+    "acme_client_accounts", metadata, _id(),
+    Column("issuer_id", Text, ForeignKey("issuers.id", ondelete="CASCADE"), nullable=False),
+    Column("directory_url", Text, nullable=False),
+    Column("account_url", Text, nullable=True),  # NULL until the CA answered newAccount
+    Column("contact", Text, nullable=False, server_default=""),
+    Column("sealed_key", Text, nullable=False),
+    *_stamps(),
+)
+Index("uq_acme_client_accounts_issuer_directory", acme_client_accounts.c.issuer_id,
+      acme_client_accounts.c.directory_url, unique=True)
+
+# ARI (RFC 9773): the CA's suggested renewal window of an ACME-issued version, the moment picked inside it
+# (renew_at, §4.2) and when to ask again (Retry-After). The renewal scan uses the newest version's row.
+acme_renewal_info = Table(
+    "acme_renewal_info", metadata,
+    Column("version_id", Text, ForeignKey("certificate_versions.id", ondelete="CASCADE"), primary_key=True),
+    Column("certificate_id", Text, ForeignKey("managed_certificates.id", ondelete="CASCADE"), nullable=False),
+    Column("issuer_id", Text, nullable=False),
+    Column("ari_cert_id", Text, nullable=False),
+    Column("window_start", UTCDateTime, nullable=True),
+    Column("window_end", UTCDateTime, nullable=True),
+    Column("renew_at", UTCDateTime, nullable=True),
+    Column("explanation_url", Text, nullable=True),
+    Column("next_check_at", UTCDateTime, nullable=False),
+    Column("checked_at", UTCDateTime, nullable=True),
+)
+Index("ix_acme_renewal_info_certificate", acme_renewal_info.c.certificate_id)
+Index("ix_acme_renewal_info_next_check", acme_renewal_info.c.next_check_at)
+Index("ix_acme_renewal_info_renew_at", acme_renewal_info.c.renew_at)
+
+# Shared rate limits (certctl.services.rate_limits): one token bucket per key, leased from in batches by every
+# replica. Times are Unix seconds; `expires_at` is when the bucket is full again, after which the row means
+# nothing and is deleted.
+rate_limit_buckets = Table(
+    "rate_limit_buckets", metadata,
+    Column("key", Text, primary_key=True),
+    Column("tokens", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    Column("expires_at", Double, nullable=False),
+)
+Index("ix_rate_limit_buckets_expires_at", rate_limit_buckets.c.expires_at)
