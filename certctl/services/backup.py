@@ -34,7 +34,7 @@ import shutil
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -304,15 +304,19 @@ def _safe_name(name: str) -> bool:
 
 
 @contextlib.contextmanager
-def unpack(archive: Path, passphrase: str, *, into: Path | None = None) -> Iterator[Unpacked]:
-    """Decrypt and unpack into a private directory, checking every member's SHA-256 against the manifest."""
+def unpack(archive: Path, passphrase: str, *, into: Path | None = None,
+           on_manifest: Callable[[dict[str, Any]], None] | None = None) -> Iterator[Unpacked]:
+    """Decrypt and unpack into a private directory, checking every member's SHA-256 against the manifest.
+
+    `on_manifest` sees the manifest (the first member) before anything else is unpacked, and may refuse it.
+    """
     if not archive.is_file():
         raise BackupError(f"{archive} does not exist")
     root = Path(tempfile.mkdtemp(prefix=".certctl-unpack-", dir=into))
     try:
         with archive.open("rb") as source:
             reader = DecryptingReader(source, passphrase)
-            manifest = _read_members(reader, root)
+            manifest = _read_members(reader, root, on_manifest)
             reader.finish()  # the authenticated end: a cut after the tar's end is found here
         yield Unpacked(root, manifest)
     except tarfile.TarError as exc:
@@ -321,7 +325,8 @@ def unpack(archive: Path, passphrase: str, *, into: Path | None = None) -> Itera
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _read_members(reader: BinaryIO | DecryptingReader, root: Path) -> dict[str, Any]:
+def _read_members(reader: BinaryIO | DecryptingReader, root: Path,
+                  on_manifest: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     manifest: dict[str, Any] | None = None
     seen: set[str] = set()
     with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
@@ -335,6 +340,8 @@ def _read_members(reader: BinaryIO | DecryptingReader, root: Path) -> dict[str, 
                     raise BackupError("the archive does not start with its manifest")
                 manifest = json.loads(handle.read())
                 _check_manifest(manifest)
+                if on_manifest is not None:
+                    on_manifest(manifest)
                 continue
             expected = manifest["members"].get(info.name)
             if expected is None or info.name in seen:
@@ -369,7 +376,7 @@ def _check_manifest(manifest: Any) -> None:
             raise BackupError(f"the manifest names an unsafe member '{name}'")
 
 
-def _check_revision(manifest: dict[str, Any]) -> str | None:
+def _check_revision(manifest: dict[str, Any]) -> None:
     revision = manifest.get("schema_revision")
     if revision is not None and not snapshot.known_revision(revision):
         raise BackupError(
@@ -377,7 +384,6 @@ def _check_revision(manifest: dict[str, Any]) -> str | None:
             f"(head {migrate.head_revision()}); restore it with the certctl version that made it "
             f"({manifest.get('certctl_version')}) or a newer one"
         )
-    return revision if isinstance(revision, str) else None
 
 
 # ---- verify ------------------------------------------------------------------------------------------------
@@ -386,12 +392,11 @@ async def verify(settings: Settings, archive: Path, passphrase: str, *, scratch_
     """Decrypt, check every checksum, restore into a throwaway database, compare, and prove the CA keys sign."""
     clock = clock or Clock()
     started = time.monotonic()
-    with unpack(archive, passphrase) as unpacked:
+    with unpack(archive, passphrase, on_manifest=_check_revision) as unpacked:
         manifest = unpacked.manifest
         result = VerifyResult(manifest)
         result.passed.append(f"decrypted and authenticated to the end; {len(manifest['members'])} members "
                              "match their SHA-256")
-        _check_revision(manifest)
         if manifest["backend"] == "sqlite":
             await _verify_sqlite(unpacked, settings, result, clock)
         else:
@@ -498,11 +503,10 @@ async def _verify_keys(url: str, unpacked: Unpacked, settings: Settings, result:
             problems = responder_key_problems(row.id, row.cert_pem, signer)
         result.problems.extend(problems)
         checked += not problems
-    cas = sum(1 for _ in unpacked.manifest["key_references"]["in_archive"])
     if checked:
         result.passed.append(f"{checked} archived CA/OCSP keys load and match their certificates; every CA key "
                              "signed a test certificate and CRL that verify against the CA certificate")
-    elif cas == 0:
+    elif not unpacked.manifest["key_references"]["in_archive"]:
         result.skipped.append("no CA keys in the archive to check")
 
 
@@ -550,14 +554,18 @@ async def restore(settings: Settings, archive: Path, passphrase: str, *, force: 
     started = time.monotonic()
     url = settings.effective_database_url
     backend = snapshot.backend_of(url)
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with unpack(archive, passphrase, into=settings.data_dir) as unpacked:
-        manifest = unpacked.manifest
+
+    def acceptable(manifest: dict[str, Any]) -> None:
         if manifest["backend"] != backend:
             raise BackupError(f"the backup is of a {manifest['backend']} database and the configured database is "
                               f"{backend}; restore it into a {manifest['backend']} database (cross back-end restore is "
                               "not supported)")
-        revision = _check_revision(manifest)
+        _check_revision(manifest)
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with unpack(archive, passphrase, into=settings.data_dir, on_manifest=acceptable) as unpacked:
+        manifest = unpacked.manifest
+        revision = manifest.get("schema_revision")
         # Preflight: nothing changes until every check has passed.
         try:
             state = await snapshot.inspect(url)
