@@ -93,7 +93,9 @@ def eab_jws(key_id: str, hmac_key_b64: str, account_jwk: dict[str, str], url: st
             "signature": b64(hmac.new(secret, f"{p64}.{pl64}".encode(), hashlib.sha256).digest())}
 
 
-def csr_der(names: Sequence[str], key: PrivateKey | None = None, *, common_name: str | None = None) -> tuple[bytes, PrivateKey]:
+def csr_der(
+    names: Sequence[str], key: PrivateKey | None = None, *, common_name: str | None = None,
+) -> tuple[bytes, PrivateKey]:
     import ipaddress
 
     key = key or ec.generate_private_key(ec.SECP256R1())

@@ -95,6 +95,9 @@ async def test_agent_routes_answer_alike(pair: tuple[Api, Api]) -> None:
                         headers={"content-type": "application/json"})).status_code == 400
     assert (await _same(pair, key, "POST", beat, content=b'{"version": "1"}',
                         headers={"content-type": "text/plain"})).status_code == 400
+    csr = f"/api/v1/agents/{agent_id}/csr"
+    for bad in ({}, {"csr_pem": "not a CSR", "certificate_id": "mc-none"}):
+        assert (await _same(pair, key, "POST", csr, json=bad)).status_code in (400, 404)
     work = await _same(pair, key, "GET", f"/api/v1/agents/{agent_id}/work")
     assert work.json() == {"jobs": [], "count": 0}
     assert (await _same(pair, ADMIN_KEY, "GET", "/api/v1/agents/no-such-agent/work")).status_code == 404

@@ -25,6 +25,7 @@ from certctl.api.middleware import (
 from certctl.api.pki_http import PkiHttpListener
 from certctl.api.ratelimit import TokenBuckets
 from certctl.api.routers import (
+    acme_eab,
     agent_groups,
     agents,
     approvals,
@@ -70,6 +71,7 @@ log = logging.getLogger("certctl.server")
 
 ROUTERS = [
     system.router,
+    acme_eab.router,
     teams.router,
     owners.router,
     audit.router,

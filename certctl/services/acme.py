@@ -289,6 +289,9 @@ class AcmeService:
         self._tasks = _Tasks()
         self._last_gc = 0.0
         self._validator = validator
+        # The shared rate limiter (an object with `async hit(key, limit, window_seconds)` answering a decision
+        # with `allowed` and `retry_after`); None: no limits.
+        self.limiter: Any = None
 
     # ---- lifecycle ----------------------------------------------------------------------------------
     @property
@@ -408,13 +411,10 @@ class AcmeService:
 
     # ---- rate limits --------------------------------------------------------------------------------
     async def _hit(self, key: str, limit: int, window: float, what: str) -> None:
-        if limit <= 0:
+        """One hit on a shared limit (`certctl.services.rate_limits`, wired as `limiter` by the container)."""
+        if limit <= 0 or self.limiter is None:
             return
-        try:
-            from certctl.services import rate_limits  # type: ignore[attr-defined,unused-ignore]
-        except ImportError:  # the shared limiter is not installed: no limit
-            return
-        decision = await rate_limits.hit(key, limit, window)
+        decision = await self.limiter.hit(key, limit, window)
         if not decision.allowed:
             retry = max(1.0, float(decision.retry_after))
             raise AcmeProblem("rateLimited", f"too many {what}; retry after {int(retry + 0.999)} s", 429,

@@ -72,7 +72,7 @@ async def agent_work(conn: AsyncConnection, agent_id: str, issuing_types: Sequen
     mc, t = managed_certificates.c, deployment_targets.c
 
     def build() -> Any:  # built once: every agent polls this every 30 s
-        agent = bindparam("agent_id")
+        agent: Any = bindparam("agent_id")
         csr_wanted = and_(
             _j.status == "AwaitingCSR", _j.type.in_(tuple(issuing_types)),
             or_(_j.agent_id == agent, and_(_j.agent_id.is_(None), _j.certificate_id.in_(_agent_targets(agent)))),

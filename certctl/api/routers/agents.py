@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 
 from certctl.api.deps import ActorDep, AdminDep, PageDep, ServicesDep, actor_of, services_of
-from certctl.api.hot_routes import HotHandler, model_response, optional_json_body
+from certctl.api.hot_routes import HotHandler, json_body, model_response, optional_json_body
 from certctl.domain.models.agent_work import (
     CertificatePickup,
     CSRAccepted,
@@ -73,19 +73,6 @@ async def agent_work(id: str, services: ServicesDep, actor: ActorDep) -> WorkLis
     return await services.agent_work.work(actor, id)
 
 
-# Every agent polls every 30 s and heartbeats every minute: these skip FastAPI's routing (see api/hot_routes.py).
-async def _heartbeat_hot(request: Request) -> Response:
-    body = await optional_json_body(request, Heartbeat)
-    return model_response(await heartbeat(request.path_params["id"], services_of(request), actor_of(request), body))
-
-
-async def _agent_work_hot(request: Request) -> Response:
-    return model_response(await agent_work(request.path_params["id"], services_of(request), actor_of(request)))
-
-
-HOT_HANDLERS: dict[Callable[..., Any], HotHandler] = {heartbeat: _heartbeat_hot, agent_work: _agent_work_hot}
-
-
 @router.post(
     "/{id}/csr", status_code=202, summary="Submit CSR",
     responses={400: {"description": "CSR rejected; the error names the profile rule"},
@@ -133,3 +120,24 @@ async def retire_agent(
     if result is None:
         return Response(status_code=204)
     return result
+
+
+# Every agent polls every 30 s and heartbeats every minute: these skip FastAPI's routing (see api/hot_routes.py).
+async def _heartbeat_hot(request: Request) -> Response:
+    body = await optional_json_body(request, Heartbeat)
+    return model_response(await heartbeat(request.path_params["id"], services_of(request), actor_of(request), body))
+
+
+async def _agent_work_hot(request: Request) -> Response:
+    return model_response(await agent_work(request.path_params["id"], services_of(request), actor_of(request)))
+
+
+async def _submit_csr_hot(request: Request) -> Response:
+    body = await json_body(request, CSRSubmit)
+    accepted = await submit_csr(request.path_params["id"], body, services_of(request), actor_of(request))
+    return model_response(accepted, status_code=202)
+
+
+HOT_HANDLERS: dict[Callable[..., Any], HotHandler] = {
+    heartbeat: _heartbeat_hot, agent_work: _agent_work_hot, submit_csr: _submit_csr_hot,
+}
