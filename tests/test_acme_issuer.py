@@ -9,8 +9,10 @@ reads the TXT records the hook scripts set through challtestsrv's management API
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -28,10 +30,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from certctl.connectors.issuers.acme import AcmeIssuer, StoredAccount, ari_cert_id
 from certctl.connectors.issuers.base import IssueRequest, IssuerError, RevokeRequest
+from certctl.domain.clock import FakeClock
 from certctl.services.issuance import run_due_issuing_jobs
 from certctl.store import acme_client_repo, rows
 from certctl.store.schema import acme_client_accounts, acme_renewal_info, issuers
@@ -421,3 +424,85 @@ async def test_unusable_responder_port_is_a_retried_attempt(server_api: Api, peb
 async def _issuer_row(api: Api, issuer_id: str) -> Any:
     async with api.services.ctx.db.read() as conn:
         return await rows.get_row(conn, issuers, issuer_id)
+
+
+# ---- against certctl's own ACME server: ARI windows, the renewal scan, `replaces` -------------------------
+@pytest.fixture
+async def own_acme(database_url: str, tmp_path: Path, sqlite_template: Path
+                   ) -> AsyncIterator[tuple[Api, FakeClock, str, Api]]:
+    """certctl's ACME server (trusted profile, its own SQLite database: it files what it issues in its own
+    inventory) behind a real HTTPS listener (uvicorn on this event loop, so the connector's worker thread reaches
+    it), and a client-side certctl on the test's database (SQLite or PostgreSQL). One fake clock for both."""
+    import uvicorn
+
+    clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
+    _tls_pair(tmp_path)
+    shutil.copy(sqlite_template, tmp_path / "acme-server.db")
+    server_settings = make_settings(f"sqlite:///{tmp_path / 'acme-server.db'}", tmp_path / "server", extra={
+        "CERTCTL_ACME_SERVER_ENABLED": "true", "CERTCTL_ACME_SERVER_DEFAULT_PROFILE_ID": "p-acme"})
+    server_api, server_lifespan = await start_api(server_settings, clock=clock)
+    client_api, client_lifespan = await start_api(
+        make_settings(database_url, tmp_path / "client", keygen_mode="server"), clock=clock)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(server_api.app, host="127.0.0.1", port=port, lifespan="off",
+                                           log_level="error", ssl_certfile=str(tmp_path / "tls-cert.pem"),
+                                           ssl_keyfile=str(tmp_path / "tls-key.pem")))
+    task = asyncio.create_task(server.serve())
+    try:
+        response = await server_api.admin.post("/api/v1/profiles", json={"id": "p-acme", "name": "acme"})
+        assert response.status_code == 201, response.text
+        for _ in range(500):  # uvicorn has no started event to await
+            if server.started:
+                break
+            await asyncio.sleep(0.01)
+        yield client_api, clock, f"https://127.0.0.1:{port}/acme/profile/p-acme/directory", server_api
+    finally:
+        server.should_exit = True
+        await task
+        await stop_api(client_api, client_lifespan)
+        await stop_api(server_api, server_lifespan)
+
+
+async def test_ari_window_drives_the_renewal_scan_and_the_renewal_replaces(
+        own_acme: tuple[Api, FakeClock, str, Api], tmp_path: Path) -> None:
+    api, clock, directory_url, server_api = own_acme
+    config = {"directory_url": directory_url, "email": "pki@example.com",
+              "ca_bundle_path": str(tmp_path / "tls-ca.pem")}
+    issuer = await factories.issuer(api.admin, type="ACME", config=config)
+    policy = await factories.renewal_policy(api.admin, renewal_window_days=365, auto_renew=True)
+    cert = await factories.certificate(api.admin, issuer_id=issuer["id"], common_name="ari.acme.test",
+                                       sans=["ari.acme.test"], renewal_policy_id=policy["id"])
+    await _renew_and_run(api, cert["id"])
+    [version] = (await api.admin.get(f"/api/v1/certificates/{cert['id']}/versions")).json()["data"]
+    leaf = x509.load_pem_x509_certificate(version["pem_chain"].encode())
+    async with api.services.ctx.db.read() as conn:
+        [ari] = [dict(r) for r in (await conn.execute(select(acme_renewal_info))).mappings()]
+    # the server's window: the last third of the lifetime (its own test pins that); the moment lies inside it
+    assert ari["ari_cert_id"] == ari_cert_id(leaf) and ari["version_id"] == version["id"]
+    assert ari["window_start"] is not None and ari["window_start"] <= ari["renew_at"] <= ari["window_end"]
+    assert ari["window_end"] <= leaf.not_valid_after_utc
+    assert ari["next_check_at"] == clock.now() + timedelta(hours=6)  # the server's Retry-After
+
+    # Inside the policy's 365-day window but before the CA's moment: no renewal.
+    report = await api.services.renewal.scan()
+    assert report.renewals == [] and report.skipped.get("ari_window_later") == 1
+
+    # At the moment picked in the window: the scan asks the CA again (Retry-After passed; same window, same moment
+    # kept, RFC 9773 §4.2), then renews with trigger `ari`.
+    clock.advance(ari["renew_at"] - clock.now() + timedelta(seconds=1))
+    report = await api.services.renewal.scan()
+    assert len(report.renewals) == 1, report.summary()
+    assert await run_due_issuing_jobs(api.services.issuance) == {"Completed": 1}
+    await api.services.audit_sink.flush()
+    events = (await api.admin.get("/api/v1/audit", params={"per_page": 200})).json()["data"]
+    created = [e for e in events if e["action"] == "renewal_job_created" and e["resource_id"] == cert["id"]]
+    assert created and created[0]["details"]["trigger"] == "ari"
+    issued = [e["details"] for e in events if e["action"] == "certificate_issued" and e["resource_id"] == cert["id"]]
+    assert any(d.get("acme_replaces") == ari["ari_cert_id"] for d in issued), issued
+    # the server recorded the replacement (RFC 9773 §5): the old certificate's id on the new order
+    async with server_api.services.ctx.db.read() as conn:
+        replaced = (await conn.execute(text("SELECT replaces FROM acme_orders WHERE replaces IS NOT NULL"))).all()
+    async with api.services.ctx.db.read() as conn:
+        [new_ari] = [dict(r) for r in (await conn.execute(select(acme_renewal_info))).mappings()]
+    assert [r[0] for r in replaced] == [ari["ari_cert_id"]]
+    assert new_ari["version_id"] != ari["version_id"]  # the newest version's window replaced the old one

@@ -92,7 +92,7 @@ class Services:
         self.certificate_actions.after_revoke = self.status.revoked
         # An ACME-issued certificate is also revoked at its CA (RFC 8555 §7.6) once the inventory's revocation commits.
         self.certificate_actions.revoke_at_issuer = self.issuance.connectors.notify_revocations
-        self.renewal = RenewalService(self.ctx, self.certificate_actions)
+        self.renewal = RenewalService(self.ctx, self.certificate_actions, self.issuance.connectors)
         self.job_maintenance = JobMaintenanceService(self.issuance)
         self.discovery = DiscoveryService(self.ctx)
         self.network_scan_targets = NetworkScanTargetService(self.ctx)

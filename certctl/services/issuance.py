@@ -318,8 +318,12 @@ class IssuanceService:
             return await self.fail_attempt(job["id"], exc.message, retryable=exc.retryable)
         except CertctlError as exc:
             return await self.fail_attempt(job["id"], exc.message, retryable=False)
-        status = await self._store(plan, None, result.chain_pem, leaf, key_pem, key_algorithm.value, key_size,
-                                   details={**result.details, "issuer_type": plan.issuer["type"]})
+        try:
+            status = await self._store(plan, None, result.chain_pem, leaf, key_pem, key_algorithm.value, key_size,
+                                       details={**result.details, "issuer_type": plan.issuer["type"]})
+        except ConflictError as exc:  # the CA's certificate is in the inventory already (same fingerprint)
+            return await self.fail_attempt(job["id"], f"the CA's certificate cannot be stored: {exc.message}",
+                                           retryable=False)
         if status == JobStatus.COMPLETED.value:
             async with self.ctx.db.read() as conn:
                 version = await issuance_repo.version_of_job(conn, job["id"])

@@ -13,6 +13,10 @@ One scan, in this order:
         asked for again in that window: the rejection stands until the certificate changes;
      b. every certificate inside the window still Active becomes Expiring (auto_renew off, a rejected or
         skipped renewal), so the inventory shows what needs a person.
+ARI (RFC 9773): before step 2, the ACME windows whose Retry-After has passed are fetched again
+(`IssuerConnectors.refresh_renewal_info`); a certificate whose newest version has an ARI moment (`renew_at`, picked
+inside the CA's window) is renewed when that moment has come, even outside the policy window (the CA may ask for
+early renewal), and is left alone inside the policy window until then (trigger `ari` in `renewal_job_created`).
 Each renewal is its own transaction with its audit events; status changes go in batches, each with one
 audit event per certificate. Failed certificates are left to an operator (a manual renew), like the
 reference; they still become Expired when their time is up.
@@ -29,13 +33,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from certctl.domain.actor import Actor
-from certctl.domain.enums import CertificateStatus, JobStatus
+from certctl.domain.enums import NON_TERMINAL_JOB_STATUSES, CertificateStatus, JobStatus
 from certctl.domain.errors import CertctlError
 from certctl.services import audit
 from certctl.services.certificate_actions import CertificateActionService
 from certctl.services.context import ServiceContext
+from certctl.services.issuer_connectors import IssuerConnectors
 from certctl.services.jobs import ISSUING_JOB_TYPES
-from certctl.store import audit_repo, jobs_repo, maintenance_repo
+from certctl.store import acme_client_repo, audit_repo, jobs_repo, maintenance_repo
 from certctl.store.rows import Row
 
 log = logging.getLogger("certctl.renewal")
@@ -68,15 +73,20 @@ class RenewalScanReport:
 
 
 class RenewalService:
-    def __init__(self, ctx: ServiceContext, actions: CertificateActionService) -> None:
+    def __init__(self, ctx: ServiceContext, actions: CertificateActionService,
+                 connectors: IssuerConnectors | None = None) -> None:
         self.ctx = ctx
         self.actions = actions
+        self.connectors = connectors  # ARI windows of ACME issuers
 
     async def scan(self) -> RenewalScanReport:
         now = self.ctx.clock.now()
         report = RenewalScanReport()
         report.marked_expired = await self._mark(
             statuses=_CAN_EXPIRE, to=CertificateStatus.EXPIRED, expires_before=now, reason="expired")
+        if self.connectors is not None:
+            await self.connectors.refresh_renewal_info()
+            await self._renew_ari_due(now, report)
         async with self.ctx.db.read() as conn:
             policies = await maintenance_repo.renewal_policies_in_use(conn)
         for policy in policies:
@@ -119,15 +129,33 @@ class RenewalService:
             if len(batch) < BATCH:
                 return
 
-    async def _renew_one(self, cert_id: str, window: timedelta, now: datetime, report: RenewalScanReport) -> None:
+    async def _renew_ari_due(self, now: datetime, report: RenewalScanReport) -> None:
+        async with self.ctx.db.read() as conn:
+            due = await acme_client_repo.ari_due_certificates(
+                conn, now=now, statuses=_RENEWABLE, issuing_types=ISSUING_JOB_TYPES,
+                open_statuses=[s.value for s in NON_TERMINAL_JOB_STATUSES], limit=BATCH)
+        for row in due:
+            try:
+                await self._renew_one(row["id"], timedelta(0), now, report, ari_at=row["renew_at"])
+            except CertctlError as exc:
+                report.errors += 1
+                log.warning("ARI renewal not created", extra={"certificate_id": row["id"], "error": exc.message})
+
+    async def _renew_one(self, cert_id: str, window: timedelta, now: datetime, report: RenewalScanReport,
+                         *, ari_at: datetime | None = None) -> None:
         system = Actor.system()
         async with self.ctx.db.transaction() as conn:
             cert = await jobs_repo.get_certificate(conn, cert_id, for_update=True)
             expires_at: datetime | None = cert["expires_at"] if cert is not None else None
             if cert is None or cert["status"] not in _RENEWABLE or expires_at is None \
-                    or not now < expires_at <= now + window:
+                    or not now < expires_at <= now + (window if ari_at is None else expires_at - now):
                 report.skip("changed")  # renewed, revoked or edited since the batch was read
                 return
+            if ari_at is None:
+                renew_at = await acme_client_repo.renew_at_of(conn, cert_id)
+                if renew_at is not None and now < renew_at < expires_at:
+                    report.skip("ari_window_later")  # the CA's window (RFC 9773) decides when
+                    return
             if await jobs_repo.open_jobs_for_certificate(conn, cert_id, types=ISSUING_JOB_TYPES):
                 report.skip("open_job")
                 return
@@ -138,7 +166,8 @@ class RenewalService:
             result = await self.actions._renew_in(conn, system, cert, force=False)
             await audit.record(conn, self.ctx.clock, system, "renewal_job_created", "certificate", cert_id, {
                 "job_id": result.job_id, "job_type": self._job_type(cert), "job_status": result.job_status.value,
-                "trigger": "scheduled", "renewal_window_days": window.days,
+                "trigger": "scheduled" if ari_at is None else "ari", "renewal_window_days": window.days,
+                **({"ari_renew_at": ari_at.isoformat()} if ari_at is not None else {}),
                 "expires_at": expires_at.isoformat(), "days_left": (expires_at - now).days,
                 "approval_id": result.approval_id,
             })
