@@ -572,8 +572,8 @@ async def restore(settings: Settings, archive: Path, passphrase: str, *, force: 
         except Exception as exc:
             raise BackupError(f"cannot open the configured database: {exc}") from None
         if state.other_sessions:
-            raise RestoreRefused(f"{state.other_sessions} other sessions are connected to the database: stop every "
-                                 "certctl server (and other clients) before restoring")
+            raise RestoreRefused(f"{state.other_sessions} other sessions are connected to the database (another "
+                                 "process has it open): stop every certctl server (and other clients) before restoring")
         if state.holds_data and not force:
             rows = sum(n for t, n in state.tables.items() if t != "alembic_version")
             raise RestoreRefused(f"the configured database already holds data ({rows} rows); restoring replaces all "

@@ -16,6 +16,7 @@ the URL without it and the password through PGPASSWORD.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
 import sqlite3
@@ -209,10 +210,37 @@ async def _pg_snapshot(url: str, out: Path) -> SnapshotInfo:
 
 
 # ---- looking at a database ------------------------------------------------------------------------------
+def sqlite_in_use(path: Path) -> bool:
+    """Does another process have this WAL-mode SQLite database open (a running server)?
+
+    Every connection to a WAL database holds a shared POSIX lock on the "dead man switch" byte of the -shm
+    file (byte 128: SQLite's UNIX_SHM_DMS) while it is open; SQLite itself tests it with an exclusive lock
+    to learn whether it is the first connection. The same test here, released at once.
+    """
+    shm = path.with_name(path.name + "-shm")
+    try:
+        fd = os.open(shm, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128, os.SEEK_SET)
+    except OSError:
+        return True
+    else:
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, 128, os.SEEK_SET)
+        return False
+    finally:
+        os.close(fd)
+
+
 async def inspect(url: str) -> DatabaseState:
     """Tables, row counts and other sessions of the database at `url` (an absent SQLite file is empty)."""
-    if backend_of(url) == "sqlite" and not sqlite_file(url).exists():
-        return DatabaseState({})
+    if backend_of(url) == "sqlite":
+        path = sqlite_file(url)
+        if not path.exists():
+            return DatabaseState({})
+        if sqlite_in_use(path):
+            return DatabaseState({}, other_sessions=1)  # not even opened: a running server owns it
     db = Database(url, pool_size=1)
     try:
         async with db.read() as conn:
