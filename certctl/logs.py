@@ -60,6 +60,15 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING
            "error": logging.ERROR}
 
 
+# Libraries whose debug output carries data, not events: aiosqlite and SQLAlchemy log every statement with its
+# parameters (key hashes, sealed configs), the ACME client logs whole JWS requests, httpx/httpcore headers (bearer
+# tokens). They stay at warning whatever CERTCTL_LOG_LEVEL says; debug is for certctl's own loggers.
+QUIET_LIBRARIES = (
+    "aiosqlite", "sqlalchemy", "asyncpg", "asyncio", "httpx", "httpcore", "hpack", "urllib3", "requests", "acme",
+    "josepy", "asyncssh", "opentelemetry", "multipart", "python_multipart", "filelock",
+)
+
+
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
     text_format = "%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -67,6 +76,8 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS[level.lower()])
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(_LEVELS[level.lower()], logging.WARNING))
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
