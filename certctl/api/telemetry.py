@@ -13,8 +13,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry.propagators.textmap import Getter
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -38,6 +39,8 @@ class _HeaderGetter(Getter[list[tuple[bytes, bytes]]]):
 
 
 _GETTER = _HeaderGetter()
+# Bounded: route templates x methods x status codes.
+_DURATIONS: dict[tuple[str, str, int], Any] = {}
 
 
 def route_of(scope: Scope) -> str:
@@ -88,25 +91,29 @@ class TelemetryMiddleware:
             return
         parent = _PROPAGATOR.extract(scope["headers"], getter=_GETTER) if _has_traceparent(scope) else None
         method = scope["method"]
-        with tracer.start_as_current_span(
-            method, context=parent, kind=SpanKind.SERVER,
-            attributes={"http.request.method": method, "url.path": scope["path"], "url.scheme": scope["scheme"]},
-        ) as span:
-            try:
-                await self.app(scope, receive, watching_send)
-            finally:
-                route = _record(scope, response, time.perf_counter() - started)
-                span.update_name(f"{method} {route}")
-                span.set_attribute("http.route", route)
-                span.set_attribute("http.response.status_code", response[0] or 500)
-                request_id = scope.get("state", {}).get("request_id")
-                if request_id:
-                    span.set_attribute("certctl.request_id", request_id)
-                actor = scope.get("state", {}).get("actor")
-                if actor is not None:
-                    span.set_attribute("certctl.actor", actor.name)
-                if (response[0] or 500) >= 500:
-                    span.set_status(Status(StatusCode.ERROR))
+        # start_span + attach rather than start_as_current_span: the same span, without the context-manager layers.
+        span = tracer.start_span(method, context=parent, kind=SpanKind.SERVER)
+        token = otel_context.attach(set_span_in_context(span))
+        try:
+            await self.app(scope, receive, watching_send)
+        finally:
+            route = _record(scope, response, time.perf_counter() - started)
+            status = response[0] or 500
+            state = scope.get("state", {})
+            attributes: dict[str, Any] = {
+                "http.request.method": method, "http.route": route, "url.path": scope["path"],
+                "http.response.status_code": status,
+            }
+            if request_id := state.get("request_id"):
+                attributes["certctl.request_id"] = request_id
+            if (actor := state.get("actor")) is not None:
+                attributes["certctl.actor"] = actor.name
+            span.update_name(f"{method} {route}")
+            span.set_attributes(attributes)
+            if status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+            otel_context.detach(token)
+            span.end()
 
 
 def _has_traceparent(scope: Scope) -> bool:
@@ -117,7 +124,11 @@ def _record(scope: Scope, response: list[Any], seconds: float) -> str:
     status: int = response[0] or 500
     route = route_of(scope)
     method = scope["method"] if scope["method"] in _METHODS else "other"
-    metrics.HTTP_REQUEST_DURATION.labels(route, method, str(status)).observe(seconds)
+    key = (route, method, status)
+    child = _DURATIONS.get(key)
+    if child is None:  # label children are cached: `labels()` costs more than the observation
+        child = _DURATIONS[key] = metrics.HTTP_REQUEST_DURATION.labels(route, method, str(status))
+    child.observe(seconds)
     path: str = scope["path"]
     rate_limited = status == 429 or (response[1] and path.startswith(_OCSP))
     if rate_limited:
