@@ -64,6 +64,7 @@ from certctl.services.connector_config import verify_sealed_configs
 from certctl.services.container import Services
 from certctl.services.context import ServiceContext
 from certctl.services.demo import seed_demo
+from certctl.services.rate_limits import RateLimits
 from certctl.store import migrate
 from certctl.store.database import Database
 
@@ -143,6 +144,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, prepare: bool 
             await services.status.aclose()
             await services.acme.aclose()
             await services.certificates.settle_counts()
+            await services.rate_limits.aclose()  # unused leased tokens go back to the shared buckets
             await sink.close(timeout=settings.audit_flush_timeout_seconds)
             await db.dispose()
             if tracing_started:
@@ -173,6 +175,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, prepare: bool 
         enabled=settings.rate_limit_enabled,
         per_key=TokenBuckets(settings.user_rps, settings.user_burst),
         per_ip=TokenBuckets(settings.rate_limit_rps, settings.rate_limit_burst),
+        shared=lambda: _rate_limits(app),
     )
     app.add_middleware(
         AuthMiddleware, auth_type=settings.auth_type, keys=keys, bootstrap_token=settings.agent_bootstrap_token,
@@ -213,6 +216,11 @@ async def prepare_server(settings: Settings, clock: Clock | None = None) -> None
         await first_boot(_context(settings, db, clock or Clock()))
     finally:
         await db.dispose()
+
+
+def _rate_limits(app: FastAPI) -> RateLimits | None:
+    services: Services | None = getattr(app.state, "services", None)
+    return services.rate_limits if services else None
 
 
 def _sink(app: FastAPI) -> AuditSink | None:

@@ -29,6 +29,7 @@ from certctl.domain.enums import ActorType
 from certctl.domain.keys import KeyStore, agent_of_key, key_matches
 from certctl.logs import request_id_var
 from certctl.services.audit import AuditSink, build_event
+from certctl.services.rate_limits import RateLimits
 
 log = logging.getLogger("certctl.http")
 
@@ -377,13 +378,26 @@ def _agent_may(agent_id: str, path: str) -> bool:
 
 
 class RateLimitMiddleware:
+    """Per API key name, else per client IP. The buckets are the shared ones of `services.rate_limits` (every
+    replica, across restarts) once the app has started; `per_key`/`per_ip` give their size and rate, and decide
+    alone only before that (or when no shared limiter is given)."""
+
     def __init__(
-        self, app: ASGIApp, *, enabled: bool, per_key: TokenBuckets, per_ip: TokenBuckets
+        self, app: ASGIApp, *, enabled: bool, per_key: TokenBuckets, per_ip: TokenBuckets,
+        shared: Callable[[], RateLimits | None] | None = None,
     ) -> None:
         self.app = app
         self.enabled = enabled
         self.per_key = per_key
         self.per_ip = per_ip
+        self.shared = shared
+
+    async def _wait(self, buckets: TokenBuckets, key: str) -> float:
+        limiter = self.shared() if self.shared is not None else None
+        if limiter is None:
+            return buckets.take(key)
+        decision = await limiter.hit(f"api:{key}", int(buckets.burst), buckets.burst / buckets.rate)
+        return 0.0 if decision.allowed else max(decision.retry_after, 1e-3)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -396,10 +410,10 @@ class RateLimitMiddleware:
             "/.well-known/pki/"
         ):
             if actor is not None and actor.authenticated:
-                wait = self.per_key.take(f"key:{actor.name}")
+                wait = await self._wait(self.per_key, f"key:{actor.name}")
             else:
                 client = scope.get("client")
-                wait = self.per_ip.take(f"ip:{client[0] if client else 'unknown'}")
+                wait = await self._wait(self.per_ip, f"ip:{client[0] if client else 'unknown'}")
             if wait > 0:
                 await _send_error(
                     scope, send, 429, "rate limit exceeded; slow down",

@@ -26,6 +26,7 @@ from certctl.services.network_scan import NetworkScanService, NetworkScanTargetS
 from certctl.services.org import OwnerService, TeamService
 from certctl.services.policies import PolicyRuleService
 from certctl.services.profiles import ProfileService
+from certctl.services.rate_limits import RateLimits
 from certctl.services.renewal import RenewalService
 from certctl.services.renewal_policies import RenewalPolicyService
 from certctl.services.stats import StatsService
@@ -66,6 +67,7 @@ class Services:
     health_checks: HealthCheckService = field(init=False)
     acme: AcmeService = field(init=False)
     metrics: MetricsService = field(init=False)
+    rate_limits: RateLimits = field(init=False)
 
     def __post_init__(self) -> None:
         self.audit = AuditService(self.ctx.db)
@@ -101,3 +103,5 @@ class Services:
         self.acme = AcmeService(self.ctx, self.cas, self.certificate_actions,
                                 on_certificates_changed=self.certificates._writes_happened)
         self.metrics = MetricsService(self.ctx)
+        # Shared by every replica: the database, or Redis with CERTCTL_REDIS_URL (docs/operations.md).
+        self.rate_limits = RateLimits.from_settings(self.ctx.db, self.ctx.settings.extra)

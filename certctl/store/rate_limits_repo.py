@@ -1,0 +1,105 @@
+"""SQL of the shared rate limits: token buckets leased from in batches (certctl.services.rate_limits).
+
+One transaction serves a whole batch of keys (up to a few hundred), whichever replica sends it:
+
+1. `INSERT ... ON CONFLICT (key) DO UPDATE SET key = excluded.key RETURNING tokens, updated_at` makes the
+   missing buckets (full) and locks and reads the existing ones, in key order, so two replicas with overlapping
+   batches queue on the rows instead of deadlocking (SQLite's write transaction, BEGIN IMMEDIATE, serializes
+   writers anyway);
+2. each bucket is refilled, takes back what a replica returns, grants what is asked if at least `need` tokens are
+   there (`lease`), and is written back with one executemany UPDATE. PostgreSQL commits it without waiting for
+   the WAL flush (`synchronous_commit = off` for this transaction only): a crash may forget the last few
+   milliseconds of limiter state, never corrupt it.
+
+So a grant is never counted twice, across replicas and restarts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import bindparam, delete, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from certctl.store.rows import cached_statement
+from certctl.store.schema import rate_limit_buckets
+
+_b = rate_limit_buckets.c
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRequest:
+    key: str
+    capacity: int  # the bucket's size (the limit)
+    rate: float  # tokens per second (limit / window)
+    want: int  # tokens to take at most
+    need: int  # fewest tokens worth taking (the call's cost); 0 = only give back
+    back: int = 0  # unused tokens of an earlier lease, returned first
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseResult:
+    granted: int
+    tokens: float  # left in the shared bucket afterwards
+
+
+def lease(tokens: float, updated_at: float, request: LeaseRequest, now: float) -> tuple[int, float, float]:
+    """The bucket after one request: (granted, tokens left, when it is full again). Pure; also the Redis script."""
+    refilled = min(float(request.capacity), tokens + max(0.0, now - updated_at) * request.rate + request.back)
+    available = math.floor(refilled + 1e-9)
+    granted = min(request.want, available) if request.need > 0 and available >= request.need else 0
+    left = refilled - granted
+    return granted, left, now + (request.capacity - left) / request.rate
+
+
+async def lease_many(conn: AsyncConnection, requests: Sequence[LeaseRequest], now: float) -> list[LeaseResult]:
+    """Apply one request per key (keys distinct) in the caller's write transaction."""
+    if not requests:
+        return []
+    postgres = conn.dialect.name == "postgresql"
+    if postgres:
+        # Losing the last milliseconds of limiter state in a crash is harmless; waiting for the WAL flush is not.
+        await conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
+    dialect = postgresql if postgres else sqlite
+
+    def build() -> object:
+        stmt = dialect.insert(rate_limit_buckets)
+        # The no-op update locks an existing row and returns it as it is; a new row comes back full.
+        return stmt.on_conflict_do_update(index_elements=[_b.key], set_={"key": stmt.excluded.key}).returning(
+            _b.key, _b.tokens, _b.updated_at)
+
+    lock = cached_statement(("rate_limit_lock", conn.dialect.name), build)
+    by_key = {request.key: request for request in requests}
+    keys = sorted(by_key)  # one lock order for every replica: no deadlocks
+    rows = await conn.execute(lock, [{"key": key, "tokens": float(by_key[key].capacity), "updated_at": now,
+                                      "expires_at": now} for key in keys])
+    current = {row.key: (row.tokens, row.updated_at) for row in rows}
+    results: list[LeaseResult] = []
+    updates: list[dict[str, object]] = []
+    for request in requests:
+        tokens, updated_at = current[request.key]
+        granted, left, full_at = lease(tokens, updated_at, request, now)
+        results.append(LeaseResult(granted, left))
+        updates.append({"_key": request.key, "_tokens": left, "_updated_at": now, "_expires_at": full_at})
+    write = cached_statement(
+        ("rate_limit_update",),
+        lambda: update(rate_limit_buckets).where(_b.key == bindparam("_key")).values(
+            tokens=bindparam("_tokens"), updated_at=bindparam("_updated_at"), expires_at=bindparam("_expires_at")),
+    )
+    await conn.execute(write, sorted(updates, key=lambda row: str(row["_key"])))
+    return results
+
+
+async def purge_full(conn: AsyncConnection, now: float) -> int:
+    """Delete buckets that have refilled completely (they hold nothing a missing row would not)."""
+    result = await conn.execute(delete(rate_limit_buckets).where(_b.expires_at < now))
+    return int(result.rowcount or 0)
+
+
+async def tokens_of(conn: AsyncConnection, key: str) -> float | None:
+    """The stored (not refilled) token count of a bucket, for tests and the CLI."""
+    row = (await conn.execute(select(_b.tokens).where(_b.key == key))).first()
+    return None if row is None else float(row[0])
