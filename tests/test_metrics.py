@@ -191,7 +191,8 @@ async def test_rate_limit_rejections_are_counted(database_url: str, tmp_path: Pa
 def test_two_workers_add_up_in_every_scrape(tmp_path: Path) -> None:
     """A real `certctl server --workers 2`: requests land on both workers, every scrape counts all of them."""
     multiproc = tmp_path / "prom"
-    server = Server(tmp_path / "data", _env(PROMETHEUS_MULTIPROC_DIR=str(multiproc)), args=["--workers", "2"])
+    server = Server(tmp_path / "data", _env(PROMETHEUS_MULTIPROC_DIR=str(multiproc), CERTCTL_LOG_LEVEL="debug"),
+                    args=["--workers", "2"])
     try:
         key = printed_key(server.start())
         sent = 0
@@ -214,8 +215,15 @@ def test_two_workers_add_up_in_every_scrape(tmp_path: Path) -> None:
             assert value(series, "certctl_http_request_duration_seconds_count", route="/api/v1/auth/check",
                          method="GET", status="200") == sent
             assert value(series, "certctl_certificate_total") >= 0
-        status, body = server.status_and_json("/api/v1/metrics", key=key)
-        assert status == 200 and body["gauge"]["agent_total"] == 0 and body["uptime"]["uptime_seconds"] >= 0
+        started = set()
+        for _ in range(4):
+            status, body = server.status_and_json("/api/v1/metrics", key=key)
+            assert status == 200 and body["gauge"]["agent_total"] == 0
+            started.add(str(body["uptime"]["server_started"]))  # type: ignore[index]
+        assert len(started) == 1, "every worker reports the server's start, not its own"
         assert server.stop() == 0
     finally:
         server.kill()
+    log = server.err(1).read_text()
+    assert key not in log, "the generated admin key is printed on stdout, never logged (even at debug level)"
+    assert '"level":"debug"' in log
