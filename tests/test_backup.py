@@ -459,3 +459,100 @@ def _no_leftovers(tmp_path: Path) -> Iterator[None]:
     yield
     leftovers = [p for p in tmp_path.rglob(".certctl-*")]
     assert not leftovers, f"temporary material left behind: {leftovers}"
+
+
+def test_outside_files_travel_and_return_to_their_paths(tmp_path: Path, sqlite_template: Path) -> None:
+    """Sub-CA mode (CERTCTL_CA_CERT_PATH/KEY_PATH) and an operator TLS pair live outside the data directory:
+    the archive carries them, verify signs with the outside CA key, restore puts them back where they were."""
+    from datetime import UTC, datetime, timedelta
+
+    from certctl.pki.ca import build_root, ca_name
+    from certctl.pki.signers import SoftwareSigner
+
+    ops = tmp_path / "etc"
+    ops.mkdir()
+    key = ec.generate_private_key(ec.SECP256R1())
+    root = build_root(SoftwareSigner("m", key), ca_name("Corp CA"), datetime.now(UTC), timedelta(days=365))
+    pem = serialization.Encoding.PEM
+    key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    files = {"ca.pem": root.public_bytes(pem), "ca.key": key_pem, "tls.crt": root.public_bytes(pem), "tls.key": key_pem}
+    for name, content in files.items():
+        (ops / name).write_bytes(content)
+        (ops / name).chmod(0o600 if name.endswith(".key") else 0o644)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    shutil.copy(sqlite_template, data_dir / "certctl.db")
+    settings = make_settings(f"sqlite:///{data_dir / 'certctl.db'}", data_dir, tls_cert_path=ops / "tls.crt",
+                             tls_key_path=ops / "tls.key", extra={"CERTCTL_CA_CERT_PATH": str(ops / "ca.pem"),
+                                                                  "CERTCTL_CA_KEY_PATH": str(ops / "ca.key")})
+
+    async def make() -> dict[str, Any]:
+        api, lifespan = await start_api(settings)  # first boot registers the operator's CA as iss-local's root
+        await stop_api(api, lifespan)
+        return (await backup.create(settings, tmp_path / "sub.cbk", PASSPHRASE, log_n=14)).manifest
+
+    manifest = asyncio.run(make())
+    outside = {m["restore_to"]: m["mode"] for m in manifest["members"].values() if m["restore_to"].startswith("path:")}
+    assert outside == {f"path:{ops / 'tls.crt'}": 0o644, f"path:{ops / 'tls.key'}": 0o600,
+                       f"path:{ops / 'ca.pem'}": 0o644, f"path:{ops / 'ca.key'}": 0o600}
+    assert manifest["key_references"]["in_archive"] == [f"file:{ops / 'ca.key'}"]
+    verified = asyncio.run(backup.verify(settings, tmp_path / "sub.cbk", PASSPHRASE))
+    assert verified.ok and any("signed a test certificate and CRL" in line for line in verified.passed), verified
+
+    shutil.rmtree(data_dir)
+    shutil.rmtree(ops)
+    asyncio.run(backup.restore(settings, tmp_path / "sub.cbk", PASSPHRASE))
+    for name, content in files.items():
+        assert (ops / name).read_bytes() == content
+    assert (ops / "ca.key").stat().st_mode & 0o777 == 0o600
+
+    (ops / "tls.crt").write_text("replaced by hand\n")  # an outside file that differs is not overwritten silently
+    elsewhere = make_settings(f"sqlite:///{tmp_path / 'other' / 'certctl.db'}", tmp_path / "other",
+                              tls_cert_path=ops / "tls.crt", tls_key_path=ops / "tls.key")
+    with pytest.raises(backup.RestoreRefused, match=r"tls\.crt"):
+        asyncio.run(backup.restore(elsewhere, tmp_path / "sub.cbk", PASSPHRASE))
+    result = asyncio.run(backup.restore(elsewhere, tmp_path / "sub.cbk", PASSPHRASE, force=True))
+    assert (ops / "tls.crt").read_bytes() == files["tls.crt"]
+    assert result.moved_aside is not None
+    assert (result.moved_aside / "external" / str(ops / "tls.crt").lstrip("/")).read_text() == "replaced by hand\n"
+
+
+async def test_postgresql_forced_restore_replaces_the_whole_schema(pg_template: str, tmp_path: Path) -> None:
+    """--force over a PostgreSQL database that holds data: everything of the schema is dropped (tables the backup
+    does not know included) and the backup loaded in one transaction, audit triggers and all."""
+    import uuid
+
+    from sqlalchemy.exc import DBAPIError
+
+    from certctl.store.database import Database
+    from tests.conftest import _pg_url
+
+    name = f"certctl_t_{uuid.uuid4().hex[:12]}"
+    await _pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    url = _pg_url(name)
+    db = Database(url, pool_size=1)
+    try:
+        settings = make_settings(url, tmp_path / "data")
+        async with db.engine.begin() as conn:
+            await conn.execute(text("INSERT INTO teams (id, name, description, created_at, updated_at) "
+                                    "VALUES ('t-kept', 'in the backup', '', now(), now())"))
+        await db.dispose()
+        await backup.create(settings, tmp_path / "pg.cbk", PASSPHRASE, log_n=14)
+        async with db.engine.begin() as conn:
+            await conn.execute(text("INSERT INTO teams (id, name, description, created_at, updated_at) "
+                                    "VALUES ('t-later', 'after the backup', '', now(), now())"))
+            await conn.execute(text("CREATE TABLE stray_from_elsewhere (x integer)"))
+        await db.dispose()
+        with pytest.raises(backup.RestoreRefused, match="already holds data"):
+            await backup.restore(settings, tmp_path / "pg.cbk", PASSPHRASE)
+        await backup.restore(settings, tmp_path / "pg.cbk", PASSPHRASE, force=True)
+        async with db.engine.connect() as conn:
+            teams = set((await conn.execute(text("SELECT id FROM teams"))).scalars())
+            stray = (await conn.execute(text("SELECT to_regclass('stray_from_elsewhere')"))).scalar()
+        assert teams == {"t-kept"} and stray is None
+        with pytest.raises(DBAPIError, match="append-only"):
+            async with db.engine.begin() as conn:
+                await conn.execute(text("DELETE FROM audit_events"))
+    finally:
+        await db.dispose()
+        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
