@@ -406,8 +406,9 @@ class RateLimitMiddleware:
         state = _state(scope)
         actor: Actor | None = state.get("actor")
         # Relying parties fetch CRLs and CA certificates from behind shared NATs; OCSP has its own per-IP limit.
+        # ACME clients are limited per account and per identifier by the ACME server (docs/acme.md).
         if self.enabled and scope["path"] not in ("/health", "/ready") and not scope["path"].startswith(
-            "/.well-known/pki/"
+            ("/.well-known/pki/", "/acme/")
         ):
             if actor is not None and actor.authenticated:
                 wait = await self._wait(self.per_key, f"key:{actor.name}")
