@@ -245,6 +245,26 @@ async def test_http01_issue_with_the_builtin_responder(pebble: Pebble) -> None:
         socket.create_connection(("127.0.0.1", pebble.http_port), timeout=0.5).close()
 
 
+def _static_server(port: int, root: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                             "--directory", str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def test_http01_through_a_webroot_served_by_another_server(pebble: Pebble, tmp_path: Path) -> None:
+    webroot = tmp_path / "www"
+    webroot.mkdir()
+    server = _static_server(pebble.http_port, webroot)
+    try:
+        _wait_port(pebble.http_port, server, "http.server")
+        connector = AcmeIssuer(pebble.config(http_webroot=str(webroot)), accounts=MemoryAccounts())
+        csr, _ = make_csr(["webroot.acme.test"])
+        result = await connector.issue(IssueRequest(csr_pem=csr, common_name="webroot.acme.test"))
+    finally:
+        _stop([server])
+    assert pebble.status(result.serial) == "Valid"
+    assert list((webroot / ".well-known" / "acme-challenge").iterdir()) == []  # token files removed afterwards
+
+
 async def test_dns01_issue_through_hook_scripts_then_revoke(pebble: Pebble, tmp_path: Path) -> None:
     hook_log = tmp_path / "hooks.jsonl"
     connector = AcmeIssuer(pebble.dns_config(hook_log), accounts=MemoryAccounts())
@@ -506,3 +526,28 @@ async def test_ari_window_drives_the_renewal_scan_and_the_renewal_replaces(
         [new_ari] = [dict(r) for r in (await conn.execute(select(acme_renewal_info))).mappings()]
     assert [r[0] for r in replaced] == [ari["ari_cert_id"]]
     assert new_ari["version_id"] != ari["version_id"]  # the newest version's window replaced the old one
+
+
+async def test_first_boot_seeds_the_acme_issuer_from_the_environment(database_url: str, tmp_path: Path) -> None:
+    env = {"CERTCTL_ACME_DIRECTORY_URL": "https://acme.example.com/directory",
+           "CERTCTL_ACME_EMAIL": "pki@example.com", "CERTCTL_ACME_EAB_KID": "kid-7",
+           "CERTCTL_ACME_EAB_HMAC": "c2VjcmV0LWhtYWMta2V5", "CERTCTL_ACME_ARI_ENABLED": "false"}
+    running, lifespan = await start_api(make_settings(database_url, tmp_path / "data", extra=env))
+    try:
+        response = await running.admin.get("/api/v1/issuers/iss-acme-prod")
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["type"] == "ACME" and body["source"] == "env"
+        assert body["config"] == {"directory_url": "https://acme.example.com/directory", "email": "pki@example.com",
+                                  "eab_kid": "kid-7", "eab_hmac": "********", "ari_enabled": False}
+    finally:
+        await stop_api(running, lifespan)
+
+
+async def test_bad_acme_environment_stops_the_first_boot(database_url: str, tmp_path: Path) -> None:
+    from certctl.config import SettingsError
+
+    env = {"CERTCTL_ACME_DIRECTORY_URL": "https://acme.example.com/directory",
+           "CERTCTL_ACME_EMAIL": "pki@example.com", "CERTCTL_ACME_CHALLENGE_TYPE": "dns-01"}
+    with pytest.raises(SettingsError, match="dns_present_script is required"):
+        await start_api(make_settings(database_url, tmp_path / "data", extra=env))

@@ -12,7 +12,9 @@ from sqlalchemy import select
 from certctl.domain.actor import Actor
 from certctl.domain.keys import hash_key
 from certctl.services import audit
+from certctl.services.connector_config import sealed_columns
 from certctl.services.context import ServiceContext
+from certctl.services.issuer_connectors import ACME_SEED_ISSUER_ID, acme_seed_config
 from certctl.store import rows
 from certctl.store.schema import api_keys, issuers, renewal_policies
 
@@ -55,7 +57,8 @@ LOCAL_ISSUER_ID = "iss-local"
 
 
 async def seed_defaults(ctx: ServiceContext) -> None:
-    """First boot of an empty database: a default renewal policy and the local CA issuer row.
+    """First boot of an empty database: a default renewal policy and the local CA issuer row (plus the ACME
+    issuer `iss-acme-prod` when CERTCTL_ACME_DIRECTORY_URL is set, its config sealed).
 
     Re-running is harmless: nothing is written when the rows exist (or were deleted on purpose
     after other rows were added).
@@ -77,6 +80,12 @@ async def seed_defaults(ctx: ServiceContext) -> None:
                 "encrypted_config": None, "enabled": True, "source": "database",
                 "created_at": now, "updated_at": now,
             })
+            acme = acme_seed_config(ctx.settings.extra)  # CERTCTL_ACME_DIRECTORY_URL and friends (docs/acme-issuer.md)
+            if acme is not None:
+                await rows.insert_row(conn, issuers, {
+                    "id": ACME_SEED_ISSUER_ID, "name": "ACME", "type": "ACME", **sealed_columns(ctx.sealer, acme),
+                    "enabled": True, "source": "env", "created_at": now, "updated_at": now,
+                })
 
 
 async def stored_keys(ctx: ServiceContext) -> list[StoredKey]:

@@ -213,3 +213,35 @@ class IssuerConnectors:
                                    "certificate", certificate_id, details)
             accepted += 1
         return accepted
+
+
+# ---- first-boot seed from the environment (the reference's CERTCTL_ACME_* issuer variables) -------------------
+ACME_SEED_ISSUER_ID = "iss-acme-prod"
+_ACME_ENV = {  # variable -> config key (the reference's names, plus EAB and a CA bundle for private CAs)
+    "CERTCTL_ACME_DIRECTORY_URL": "directory_url", "CERTCTL_ACME_EMAIL": "email",
+    "CERTCTL_ACME_CHALLENGE_TYPE": "challenge_type", "CERTCTL_ACME_DNS_PRESENT_SCRIPT": "dns_present_script",
+    "CERTCTL_ACME_DNS_CLEANUP_SCRIPT": "dns_cleanup_script", "CERTCTL_ACME_PROFILE": "profile",
+    "CERTCTL_ACME_ARI_ENABLED": "ari_enabled", "CERTCTL_ACME_EAB_KID": "eab_kid",
+    "CERTCTL_ACME_EAB_HMAC": "eab_hmac", "CERTCTL_ACME_CA_BUNDLE_PATH": "ca_bundle_path",
+}
+
+
+def acme_seed_config(env: Mapping[str, str]) -> dict[str, Any] | None:
+    """The ACME issuer config the environment describes (None without CERTCTL_ACME_DIRECTORY_URL); a bad one
+    raises SettingsError naming the variables' problems (checked by the connector itself)."""
+    from certctl.config import SettingsError, env_bool
+    from certctl.connectors.issuers.registry import validate_issuer_config
+    from certctl.domain.errors import ValidationError
+
+    if not (env.get("CERTCTL_ACME_DIRECTORY_URL") or "").strip():
+        return None
+    config: dict[str, Any] = {}
+    for name, key in _ACME_ENV.items():
+        value = (env.get(name) or "").strip()
+        if value:
+            config[key] = env_bool(env, name, True) if key == "ari_enabled" else value
+    try:
+        validate_issuer_config("ACME", config)
+    except ValidationError as exc:
+        raise SettingsError(f"CERTCTL_ACME_*: {exc.message}") from None
+    return config
