@@ -105,3 +105,4 @@ class Services:
         self.metrics = MetricsService(self.ctx)
         # Shared by every replica: the database, or Redis with CERTCTL_REDIS_URL (docs/operations.md).
         self.rate_limits = RateLimits.from_settings(self.ctx.db, self.ctx.settings.extra)
+        self.acme.limiter = self.rate_limits  # per account and per identifier, shared by replicas
