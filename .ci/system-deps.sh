@@ -37,12 +37,19 @@ if command -v apt-get >/dev/null; then
     apt_install openssl curl ca-certificates sqlite3 postgresql postgresql-client softhsm2
     # Deployment tests start real TLS servers (private configs, 127.0.0.1 high ports, never the services).
     apt_install nginx apache2 haproxy caddy procps
+    # deploy/systemd units are checked with `systemd-analyze verify`; the disk-full test mounts a tmpfs in a
+    # mount namespace of its own (unshare, nsenter from util-linux).
+    apt_install systemd util-linux
     # JavaKeystore target tests run the JRE's keytool; SSH target tests start a private sshd as the current user.
     apt_install openjdk-17-jre-headless openssh-server
     # ACME tests: certbot against our server, our ACME issuer against pebble (and its DNS test server).
     apt_install certbot pebble
 fi
 for tool in openssl curl sqlite3 psql pg_dump pg_restore softhsm2-util nginx apache2 haproxy caddy kill keytool certbot pebble pebble-challtestsrv; do
+    command -v "$tool" >/dev/null || { echo "system-deps: '$tool' is required by the tests and is missing"; exit 1; }
+done
+
+for tool in systemd-analyze unshare nsenter; do
     command -v "$tool" >/dev/null || { echo "system-deps: '$tool' is required by the tests and is missing"; exit 1; }
 done
 
