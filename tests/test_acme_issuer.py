@@ -551,3 +551,19 @@ async def test_bad_acme_environment_stops_the_first_boot(database_url: str, tmp_
            "CERTCTL_ACME_EMAIL": "pki@example.com", "CERTCTL_ACME_CHALLENGE_TYPE": "dns-01"}
     with pytest.raises(SettingsError, match="dns_present_script is required"):
         await start_api(make_settings(database_url, tmp_path / "data", extra=env))
+
+
+async def test_issuer_test_contacts_the_acme_directory(api: Api, pebble: Pebble) -> None:
+    good = await factories.issuer(api.admin, type="ACME", config=pebble.config())
+    ok = await api.admin.post(f"/api/v1/issuers/{good['id']}/test")
+    assert ok.status_code == 200 and ok.json()["status"] == "success", ok.text
+    closed = free_port()
+    down = await factories.issuer(api.admin, type="ACME", config=pebble.config(
+        directory_url=f"https://127.0.0.1:{closed}/dir"))
+    failed = await api.admin.post(f"/api/v1/issuers/{down['id']}/test")
+    assert failed.status_code == 400 and "ACME server unreachable" in failed.json()["message"]
+    assert (await api.admin.get(f"/api/v1/issuers/{down['id']}")).json()["test_status"] == "failed"
+    untrusted = await factories.issuer(api.admin, type="ACME", config={
+        k: v for k, v in pebble.config().items() if k != "ca_bundle_path"})
+    refused = await api.admin.post(f"/api/v1/issuers/{untrusted['id']}/test")
+    assert refused.status_code == 400 and "SSLError" in refused.json()["message"]  # no trust without the bundle

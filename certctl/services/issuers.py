@@ -1,7 +1,8 @@
 """Issuers: inventory of the certificate authorities, with sealed configs and a local self-test.
 
-The real CA connectors come later; until then `test` checks what can be checked without
-talking to anyone: the per-type config, and for the local CA (GenericCA) its key pair on disk.
+`test` checks the per-type config; then for the local CA (GenericCA) its key pair on disk, and for a
+type with a connector (ACME) the connector's own check against the CA (read-only). Other types are
+checked without talking to anyone.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from certctl.connectors.issuers.registry import has_connector
 from certctl.connectors.issuers.registry import validate_issuer_config as validate_connector_config
 from certctl.domain.actor import Actor
 from certctl.domain.enums import IssuerType
@@ -31,6 +33,7 @@ from certctl.services.connector_config import (
     without_placeholders,
 )
 from certctl.services.crud import CrudService, refuse_if_referenced
+from certctl.services.issuer_connectors import IssuerConnectors
 from certctl.store import ca_repo, rows
 from certctl.store.rows import Row
 from certctl.store.schema import issuers, managed_certificates
@@ -169,6 +172,10 @@ class IssuerService(CrudService[Issuer]):
             problems = config_problems(ISSUER_RULES[issuer_type], config)
         if issuer_type is IssuerType.GENERIC_CA and not problems:
             problems, message = self._local_ca_check(config)
+        elif issuer_type is not None and not problems and has_connector(issuer_type.value):
+            # The connector contacts the CA (ACME: its directory over verified TLS) without changing anything.
+            problems = await IssuerConnectors(self.ctx).for_issuer(row).check()
+            message = "the CA answered and offers what the configuration asks for"
         result = ConnectionTestResult(
             status="failed" if problems else "success",
             message="; ".join(problems) if problems else message,

@@ -438,6 +438,24 @@ class AcmeIssuer(IssuerConnector):
                 await self.accounts.registered(self.config.directory_url, account_url)
                 self._account_url = account_url
 
+    async def check(self) -> list[str]:
+        """The directory answers over verified TLS, and offers what the config asks for (EAB, profile)."""
+        def run() -> list[str]:
+            client = self._client(None, None, timeout=self.config.ari_http_timeout_seconds)
+            problems = []
+            if client.external_account_required() and not self.config.eab_kid:
+                problems.append("the CA requires external account binding: set eab_kid and eab_hmac")
+            offered = getattr(client.directory.meta, "profiles", None) or {}
+            if self.config.profile and offered and self.config.profile not in offered:
+                problems.append(f"the CA offers no profile '{self.config.profile}' "
+                                f"(offered: {', '.join(sorted(offered))})")
+            return problems
+
+        try:
+            return await asyncio.to_thread(run)
+        except Exception as exc:
+            return [_problem(exc).message]
+
     # -- issue ----------------------------------------------------------------------------------------
     async def issue(self, request: IssueRequest) -> IssueResult:
         key, account_url = await self.account()

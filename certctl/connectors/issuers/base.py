@@ -88,6 +88,10 @@ class IssuerConnector(ABC):
         """The CA's renewal window for a certificate it issued (None: the CA publishes none)."""
         raise IssuerNotSupported(f"{self.type_name} issuers publish no renewal information")
 
+    async def check(self) -> list[str]:
+        """Contact the CA without changing anything; the problems found (empty: usable)."""
+        raise IssuerNotSupported(f"{self.type_name} issuers have no connection check")
+
     def renewal_cert_id(self, cert_pem: str) -> str | None:
         """The identifier a renewal order sends as `replaces` (None: not applicable)."""
         return None
