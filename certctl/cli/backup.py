@@ -25,6 +25,8 @@ PassphraseFile = Annotated[
     typer.Option("--passphrase-file",
                  help="File holding the passphrase (else CERTCTL_BACKUP_PASSPHRASE, else a prompt)"),
 ]
+_RESTORED_PATHS = ("CERTCTL_TLS_CERT_PATH", "CERTCTL_TLS_KEY_PATH", "CERTCTL_SERVER_TLS_CERT_PATH",
+                   "CERTCTL_SERVER_TLS_KEY_PATH", "CERTCTL_CA_CERT_PATH", "CERTCTL_CA_KEY_PATH")
 DataDir = Annotated[Path | None, typer.Option(help="Data directory (CERTCTL_DATA_DIR)")]
 
 
@@ -126,15 +128,23 @@ def restore(
     data_dir: DataDir = None,
 ) -> None:
     """Restore into the configured database and data directory (servers stopped), then migrate to head."""
-    from certctl.cli.main import _settings
+    from certctl.config import Settings, SettingsError
     from certctl.services import backup
 
-    settings = _settings(data_dir=data_dir)
+    # On a new host the operator's TLS and CA files may not exist yet: the archive brings them back to the paths
+    # it recorded. Settings would refuse their variables, and restore does not read them, so they are left out.
+    env = {k: v for k, v in os.environ.items() if not (k in _RESTORED_PATHS and not Path(v).is_file())}
+    try:
+        settings = Settings.from_env(env).with_overrides(data_dir=data_dir)
+    except SettingsError as exc:
+        raise _fail(f"configuration error: {exc}", 2) from None
     passphrase = _passphrase(passphrase_file, confirm=False)
     result = _run_service(backup.restore(settings, archive, passphrase, force=force))
     assert isinstance(result, backup.RestoreResult)
     typer.echo(f"restored: {backup.describe(result.manifest)}")
-    typer.echo(f"database at revision {result.revision}; {len(result.files)} files in place")
+    outside = [path for path in result.files if not Path(path).is_relative_to(settings.data_dir)]
+    typer.echo(f"database at revision {result.revision}; {len(result.files)} files in place"
+               + "".join(f"\n  {path}" for path in outside))
     if result.moved_aside is not None:
         typer.echo(f"the replaced database/files are kept in {result.moved_aside}")
     typer.echo(f"done in {result.seconds:.1f} s; start the server(s)")

@@ -132,8 +132,9 @@ class DecryptingReader:
         _magic, version, log_n, r, p, chunk_size, salt = _PREFIX.unpack(header[: _PREFIX.size])
         if version != VERSION:
             raise DamagedArchive(f"archive format version {version} is not supported (this certctl reads {VERSION})")
-        # Bounds on what the header may ask for, so a crafted file cannot make us allocate gigabytes.
-        if not (14 <= log_n <= 22 and 1 <= r <= 32 and 1 <= p <= 16 and 4096 <= chunk_size <= 64 << 20):
+        # Bounds on what the header may ask for (scrypt needs 128 * r * N bytes: at most 1 GiB here), so that a
+        # crafted file cannot make us allocate more before its HMAC can be checked.
+        if not (14 <= log_n <= 20 and r == 8 and 1 <= p <= 4 and 4096 <= chunk_size <= 64 << 20):
             raise DamagedArchive("the archive header has out-of-range parameters")
         key, mac_key = _derive(passphrase, salt, log_n, r, p)
         expected = hmac.new(mac_key, header[: _PREFIX.size], hashlib.sha256).digest()

@@ -371,9 +371,14 @@ def _check_manifest(manifest: Any) -> None:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise BackupError(f"backup format version {manifest.get('format_version')} is not supported by certctl "
                           f"{__version__} (it reads version {FORMAT_VERSION}); use a newer certctl")
-    for name in manifest.get("members", {}):
-        if not _safe_name(name):
-            raise BackupError(f"the manifest names an unsafe member '{name}'")
+    for name, member in manifest.get("members", {}).items():
+        restore_to = str(member.get("restore_to", ""))
+        if not _safe_name(name) or not (
+            restore_to == ""
+            or (restore_to.startswith("data:") and _safe_name(restore_to[5:]))
+            or (restore_to.startswith("path:/") and ".." not in PurePosixPath(restore_to[5:]).parts)
+        ):
+            raise BackupError(f"the manifest names an unsafe member '{name}' ({restore_to})")
 
 
 def _check_revision(manifest: dict[str, Any]) -> None:
