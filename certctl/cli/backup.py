@@ -79,10 +79,10 @@ def create(
 ) -> None:
     """Write one encrypted archive: a consistent database snapshot, the CA/OCSP keys and the operator files."""
     from certctl.cli.main import _settings
-    from certctl.services import backup
 
     settings = _settings(data_dir=data_dir)
     passphrase = _passphrase(passphrase_file, confirm=True)
+    from certctl.services import backup  # after the cheap checks: it loads the whole service layer
     result = _run_service(backup.create(settings, output, passphrase))
     assert isinstance(result, backup.CreateResult)
     typer.echo(f"{result.path}: {result.size} bytes in {result.seconds:.1f} s\n{backup.describe(result.manifest)}")
@@ -100,10 +100,10 @@ def verify(
 ) -> None:
     """Decrypt, check every checksum, restore into a throwaway database, compare row counts, test-sign with the CA."""
     from certctl.cli.main import _settings
-    from certctl.services import backup
 
     settings = _settings(data_dir=data_dir)
     passphrase = _passphrase(passphrase_file, confirm=False)
+    from certctl.services import backup  # after the cheap checks: it loads the whole service layer
     result = _run_service(backup.verify(settings, archive, passphrase, scratch_url=scratch_url))
     assert isinstance(result, backup.VerifyResult)
     typer.echo(backup.describe(result.manifest))
@@ -129,7 +129,6 @@ def restore(
 ) -> None:
     """Restore into the configured database and data directory (servers stopped), then migrate to head."""
     from certctl.config import Settings, SettingsError
-    from certctl.services import backup
 
     # On a new host the operator's TLS and CA files may not exist yet: the archive brings them back to the paths
     # it recorded. Settings would refuse their variables, and restore does not read them, so they are left out.
@@ -139,6 +138,8 @@ def restore(
     except SettingsError as exc:
         raise _fail(f"configuration error: {exc}", 2) from None
     passphrase = _passphrase(passphrase_file, confirm=False)
+    from certctl.services import backup
+
     result = _run_service(backup.restore(settings, archive, passphrase, force=force))
     assert isinstance(result, backup.RestoreResult)
     typer.echo(f"restored: {backup.describe(result.manifest)}")
