@@ -71,14 +71,35 @@ async def transaction_us(n: int) -> float:
     return (time.perf_counter() - started) / n * 1e6
 
 
+def loop_ms() -> float:
+    """A CPU yardstick: one million iterations of a Python loop (about 50 ms on an idle core of this machine)."""
+    started = time.perf_counter()
+    total = 0
+    for i in range(1_000_000):
+        total += i
+    return (time.perf_counter() - started) * 1e3
+
+
+def sdk_span_us(provider: TracerProvider, n: int) -> float:
+    """The OpenTelemetry SDK alone: start and end one span, no attributes."""
+    tracer = provider.get_tracer("bench-sdk")
+    started = time.perf_counter()
+    for _ in range(n):
+        tracer.start_span("GET").end()
+    return (time.perf_counter() - started) / n * 1e6
+
+
 async def main(requests: int, rounds: int) -> dict[str, Any]:
     layer = TelemetryMiddleware(inner)
-    figures: dict[str, list[float]] = {"bare": [], "metrics": [], "metrics+tracing": [], "db_transaction": []}
+    figures: dict[str, list[float]] = {
+        "bare": [], "metrics": [], "metrics+tracing": [], "db_transaction": [], "sdk_span_alone": [], "loop_1m_ms": [],
+    }
     await per_call_us(layer, 2000)  # warm-up: label children created, code paths loaded
     for _ in range(rounds):
         figures["bare"].append(await per_call_us(inner, requests))
         figures["metrics"].append(await per_call_us(layer, requests))
         figures["db_transaction"].append(await transaction_us(requests))
+        figures["loop_1m_ms"].append(loop_ms())
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(_Drop(), max_queue_size=1_000_000))
     tracing.tracer = provider.get_tracer("bench")
@@ -86,6 +107,7 @@ async def main(requests: int, rounds: int) -> dict[str, Any]:
         await per_call_us(layer, 2000)
         for _ in range(rounds):
             figures["metrics+tracing"].append(await per_call_us(layer, requests))
+            figures["sdk_span_alone"].append(sdk_span_us(provider, requests))
     finally:
         tracing.tracer = None
         provider.shutdown()

@@ -37,7 +37,7 @@ from certctl.connectors.issuers.base import IssueRequest, IssuerError, RevokeReq
 from certctl.domain.clock import FakeClock
 from certctl.services.issuance import run_due_issuing_jobs
 from certctl.store import acme_client_repo, rows
-from certctl.store.schema import acme_client_accounts, acme_renewal_info, issuers
+from certctl.store.schema import acme_client_accounts, acme_renewal_info, deployment_targets, issuers
 from tests import factories
 from tests.conftest import Api, make_settings, start_api, stop_api
 from tests.pki_helpers import make_csr
@@ -567,3 +567,61 @@ async def test_issuer_test_contacts_the_acme_directory(api: Api, pebble: Pebble)
         k: v for k, v in pebble.config().items() if k != "ca_bundle_path"})
     refused = await api.admin.post(f"/api/v1/issuers/{untrusted['id']}/test")
     assert refused.status_code == 400 and "SSLError" in refused.json()["message"]  # no trust without the bundle
+
+
+async def test_agent_csr_is_sent_to_the_acme_ca_and_the_deployment_queued(api: Api, pebble: Pebble) -> None:
+    """Agent key generation (the default): the agent's CSR goes to the CA; its key never leaves the agent."""
+    _, cert = await _acme_certificate(api, pebble)
+    target_id = await factories.seed_target(api)
+    async with api.services.ctx.db.read() as conn:
+        target = await rows.get_row(conn, deployment_targets, target_id)
+    assert target is not None
+    agent_id = target["agent_id"]
+    await factories.seed_mapping(api, cert["id"], target_id)
+    response = await api.admin.post(f"/api/v1/certificates/{cert['id']}/renew")
+    job_id = response.json()["job_id"]
+    assert (await api.admin.get(f"/api/v1/jobs/{job_id}")).json()["status"] == "AwaitingCSR"
+    csr_pem, key = make_csr([cert["common_name"]])
+    response = await api.admin.post(f"/api/v1/agents/{agent_id}/csr",
+                                    json={"csr_pem": csr_pem, "certificate_id": cert["id"]})
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["job_status"] == "Completed" and body["serial_number"], body
+    pickup = (await api.admin.get(f"/api/v1/agents/{agent_id}/certificates/{cert['id']}")).json()
+    leaf = x509.load_pem_x509_certificate(pickup["certificate_pem"].encode())
+    assert leaf.public_key() == key.public_key() and pebble.status(body["serial_number"]) == "Valid"
+    jobs = (await api.admin.get("/api/v1/jobs", params={"certificate_id": cert["id"], "type": "Deployment"})).json()
+    assert [j["target_id"] for j in jobs["data"]] == [target_id]
+
+
+def test_profile_is_sent_only_when_offered_and_unknown_ones_are_refused() -> None:
+    from acme import messages
+
+    def directory(meta: dict[str, Any]) -> messages.Directory:
+        return messages.Directory.from_json({"newNonce": "https://ca/nonce", "meta": meta})
+
+    connector = AcmeIssuer({"directory_url": "https://ca.example/dir", "email": "a@example.com",
+                            "profile": "shortlived"}, accounts=MemoryAccounts())
+    assert connector._profile(directory({"profiles": {"classic": "90 days", "shortlived": "6 days"}})) == "shortlived"
+    assert connector._profile(directory({})) is None  # a CA without profiles gets no `profile`
+    with pytest.raises(IssuerError) as refused:
+        connector._profile(directory({"profiles": {"classic": "90 days"}}))
+    assert not refused.value.retryable and "offers no profile 'shortlived' (offered: classic)" in refused.value.message
+
+
+def test_acme_problems_map_to_retry_verdicts() -> None:
+    from acme import messages
+
+    from certctl.connectors.issuers.acme import _problem, _retry_after
+
+    def error(code: str) -> messages.Error:
+        return messages.Error.with_code(code, detail="d")
+
+    assert not _problem(error("rejectedIdentifier")).retryable
+    assert not _problem(error("caa")).retryable
+    assert _problem(error("rateLimited")).retryable and "rateLimited" in _problem(error("rateLimited")).message
+    assert _problem(error("serverInternal")).retryable
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert _retry_after("120", now) == now + timedelta(seconds=120)
+    assert _retry_after("Thu, 01 Jan 2026 06:00:00 GMT", now) == now + timedelta(hours=6)
+    assert _retry_after(None, now) == now + timedelta(hours=6)

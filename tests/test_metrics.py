@@ -6,6 +6,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -16,6 +17,7 @@ from certctl.services.issuance import run_due_issuing_jobs
 from certctl.store import jobs_repo
 from tests import factories
 from tests.conftest import Api, make_settings, start_api, stop_api
+from tests.test_acme_server import acme  # noqa: F401 - the ACME server fixture
 from tests.test_agent_credentials import _bearer, _deployment_job, _enrol
 from tests.test_server_process import Server, _env, printed_key
 
@@ -227,3 +229,21 @@ def test_two_workers_add_up_in_every_scrape(tmp_path: Path) -> None:
     log = server.err(1).read_text()
     assert key not in log, "the generated admin key is printed on stdout, never logged (even at debug level)"
     assert '"level":"debug"' in log
+
+
+async def test_acme_orders_by_result(acme: Any) -> None:
+    """The ACME server's orders: created, valid once issued, rate_limited (three open orders at most here)."""
+    def count(result: str) -> float:
+        return metrics.sample("certctl_acme_orders_total", {"result": result})
+
+    before = {r: count(r) for r in ("created", "valid", "rate_limited")}
+    limited_before = metrics.sample("certctl_rate_limit_rejections_total", {"limiter": "acme"})
+    client = await acme.account()
+    await client.issue("www.example.com")
+    for name in ("one", "two", "three"):
+        assert (await client.order(f"{name}.example.com")).status_code == 201
+    assert (await client.order("four.example.com")).status_code == 429
+    assert count("created") - before["created"] == 4
+    assert count("valid") - before["valid"] == 1
+    assert count("rate_limited") - before["rate_limited"] == 1
+    assert metrics.sample("certctl_rate_limit_rejections_total", {"limiter": "acme"}) - limited_before == 1

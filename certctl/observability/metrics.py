@@ -113,7 +113,13 @@ def deployment_reported(target_type: str, ok: bool) -> None:
 
 
 def acme_order(result: str) -> None:
-    ACME_ORDERS.labels(result).inc()
+    """An order's change, counted once the transaction recording it commits; a refusal (`rate_limited`), whose
+    transaction rolls back, at once."""
+    child = ACME_ORDERS.labels(result)
+    if result == "rate_limited":
+        child.inc()
+    else:
+        tracing.after_commit(child.inc)
 
 
 def notification(channel: str, result: str) -> None:

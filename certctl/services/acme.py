@@ -54,6 +54,7 @@ from certctl.domain.actor import Actor
 from certctl.domain.enums import CertificateStatus, ExtendedKeyUsage, IssuerType, RevocationReason
 from certctl.domain.errors import ConflictError, NotFoundError, ValidationError
 from certctl.domain.models.profiles import CertificateProfile
+from certctl.observability import metrics
 from certctl.pki.csr_policy import CSRRejected, check_csr
 from certctl.pki.leaf import LeafRequest, build_leaf
 from certctl.pki.serials import new_serial, serial_hex
@@ -416,6 +417,8 @@ class AcmeService:
             return
         decision = await self.limiter.hit(key, limit, window)
         if not decision.allowed:
+            if key.startswith(("acme:orders:", "acme:identifier:")):
+                metrics.acme_order("rate_limited")
             retry = max(1.0, float(decision.retry_after))
             raise AcmeProblem("rateLimited", f"too many {what}; retry after {int(retry + 0.999)} s", 429,
                               retry_after=retry)
@@ -667,6 +670,7 @@ class AcmeService:
         async with self.ctx.db.transaction() as conn:
             if self.settings.concurrent_orders and await acme_repo.count_open_orders(
                     conn, account["id"], now) >= self.settings.concurrent_orders:
+                metrics.acme_order("rate_limited")
                 raise AcmeProblem("rateLimited", f"at most {self.settings.concurrent_orders} open orders per "
                                   "account; finish or abandon one", 429, retry_after=60.0)
             if replaced is not None:
@@ -681,6 +685,7 @@ class AcmeService:
                                "acme_order", order_id,
                                {"identifiers": identifiers, "profile_id": profile.id, "mode": profile.acme_auth_mode,
                                 "replaces_order_id": order["replaces_order_id"]})
+        metrics.acme_order("created")
         return OrderView(order, [{"id": a["id"], "status": a["status"], "expires_at": a["expires_at"]}
                                  for a in authzs])
 
@@ -848,6 +853,7 @@ class AcmeService:
                 if not valid:
                     await acme_repo.update_order(conn, order["id"], {"status": A.INVALID, "updated_at": now,
                                                                      "error": error})
+                    metrics.acme_order("invalid")  # counted when this transaction commits
                 else:
                     statuses = [a["status"] if a["id"] != authz["id"] else A.VALID
                                 for a in await acme_repo.authz_ids_of_order(conn, order["id"])]
@@ -924,6 +930,7 @@ class AcmeService:
         assert stored is not None
         if self._on_certificates_changed is not None:
             self._on_certificates_changed()
+        metrics.acme_order("valid")
         return OrderView(stored, authzs)
 
     def _validity(
