@@ -224,6 +224,7 @@ def test_manifest_describes_the_snapshot_and_every_member(small: dict[str, Any])
     assert manifest["backend"] == "sqlite" and manifest["schema_revision"] == migrate.head_revision()
     tables = manifest["database"]["tables"]
     assert tables["alembic_version"] == 1 and "managed_certificates" in tables
+    assert manifest["key_references"] == {"in_archive": [], "not_in_archive": [], "missing": []}  # no CA rows yet
     members = manifest["members"]
     assert set(members) == {"database/certctl.db.gz", "data/keys/ca.key", "data/config.key"}
     key_sha = hashlib.sha256((small["data_dir"] / "keys" / "ca.key").read_bytes()).hexdigest()

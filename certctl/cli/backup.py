@@ -86,6 +86,9 @@ def create(
     result = _run_service(backup.create(settings, output, passphrase))
     assert isinstance(result, backup.CreateResult)
     typer.echo(f"{result.path}: {result.size} bytes in {result.seconds:.1f} s\n{backup.describe(result.manifest)}")
+    for ref in result.manifest["key_references"]["missing"]:
+        typer.echo(f"certctl: warning: a CA or OCSP responder references key '{ref}', which is not in the key "
+                   "directory: that CA cannot sign, now or after a restore", err=True)
 
 
 @backup_app.command("verify")

@@ -205,6 +205,9 @@ async def create(settings: Settings, output: Path, passphrase: str, *, clock: Cl
             db_member = Member(PG_MEMBER, raw)
         # Small files are read once into memory: the bytes hashed are the bytes archived, even if one changes.
         files = _data_members(settings) + _external_members(settings, info.key_refs)
+        # A CA row whose key file is gone cannot sign now either; the backup is still made, and says so.
+        missing = [r for r in info.key_refs if r.startswith("file:") and not Path(r[5:]).is_absolute()
+                   and not (settings.data_dir / "keys" / r[5:]).is_file()]
         contents = {m.name: m.source.read_bytes() for m in files}
         members: dict[str, Any] = {
             db_member.name: {"sha256": _sha256(db_member.source), "size": db_member.source.stat().st_size,
@@ -229,8 +232,9 @@ async def create(settings: Settings, output: Path, passphrase: str, *, clock: Cl
             },
             "schema_revision": info.revision,
             "key_references": {
-                "in_archive": [r for r in info.key_refs if r.startswith("file:")],
+                "in_archive": [r for r in info.key_refs if r.startswith("file:") and r not in missing],
                 "not_in_archive": [r for r in info.key_refs if not r.startswith("file:")],
+                "missing": missing,
             },
             "config_encryption_key": "data/config.key" if "data/config.key" in members else (
                 "CERTCTL_CONFIG_ENCRYPTION_KEY (not in the archive)" if settings.config_encryption_key else "none"),
@@ -251,8 +255,10 @@ async def create(settings: Settings, output: Path, passphrase: str, *, clock: Cl
             writer.close()
             sink.flush()
             os.fsync(sink.fileno())
-        os.replace(partial, output)
-        os.chmod(output, 0o600)
+        try:
+            os.link(partial, output)  # unlike a rename, never replaces a file that appeared meanwhile
+        except FileExistsError:
+            raise BackupError(f"{output} appeared while the backup was written; it was left alone") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
