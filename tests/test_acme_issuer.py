@@ -625,3 +625,30 @@ def test_acme_problems_map_to_retry_verdicts() -> None:
     assert _retry_after("120", now) == now + timedelta(seconds=120)
     assert _retry_after("Thu, 01 Jan 2026 06:00:00 GMT", now) == now + timedelta(hours=6)
     assert _retry_after(None, now) == now + timedelta(hours=6)
+
+
+async def test_revocation_the_ca_missed_is_sent_again_by_the_scan(server_api: Api, pebble: Pebble) -> None:
+    import dataclasses
+
+    api = server_api
+    issuer, cert = await _acme_certificate(api, pebble)
+    await _renew_and_run(api, cert["id"])
+    [version] = (await api.admin.get(f"/api/v1/certificates/{cert['id']}/versions")).json()["data"]
+    connector = api.services.issuance.connectors.for_issuer(await _issuer_row(api, issuer["id"]))
+    assert isinstance(connector, AcmeIssuer)
+    working = connector.config
+    connector.config = dataclasses.replace(working, directory_url=f"https://127.0.0.1:{free_port()}/dir")  # CA down
+    response = await api.admin.post(f"/api/v1/certificates/{cert['id']}/revoke", json={"reason": "superseded"})
+    assert response.status_code == 200, response.text  # the inventory's revocation stands
+    assert pebble.status(version["serial_number"]) == "Valid"
+    assert "issuer_revocation_failed" in await api.audit_actions()
+
+    connector.config = working  # the CA is back
+    await api.services.renewal.scan()
+    assert pebble.status(version["serial_number"]) == "Revoked"
+    async with api.services.ctx.db.read() as conn:
+        notified = (await conn.execute(text(
+            "SELECT issuer_notified FROM certificate_revocations WHERE serial_number = :s"),
+            {"s": version["serial_number"]})).scalar_one()
+    assert notified is True or notified == 1
+    assert "certificate_revoked_at_issuer" in await api.audit_actions()

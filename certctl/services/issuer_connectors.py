@@ -24,7 +24,7 @@ from typing import Any
 
 from certctl.connectors.issuers.acme import StoredAccount
 from certctl.connectors.issuers.base import IssuerConnector, IssueResult, RenewalWindow, RevokeRequest
-from certctl.connectors.issuers.registry import IssuerDeps, create_issuer, has_connector
+from certctl.connectors.issuers.registry import ISSUER_CONNECTORS, IssuerDeps, create_issuer, has_connector
 from certctl.domain.actor import Actor
 from certctl.domain.enums import CertificateStatus
 from certctl.domain.errors import CertctlError
@@ -186,6 +186,17 @@ class IssuerConnectors:
             log.exception("storing ARI window failed", extra={"certificate_id": certificate_id})
 
     # ---- revocation -----------------------------------------------------------------------------------
+    async def retry_revocations(self, *, within: timedelta = timedelta(days=7), limit: int = 100) -> int:
+        """Send again the revocations a CA has not accepted (CA down at the time); the renewal scan calls this.
+        Older than `within`, they are left to an operator (each failure is in the audit trail)."""
+        async with self.ctx.db.read() as conn:
+            pending = await acme_client_repo.certificates_with_unnotified_revocations(
+                conn, issuer_types=list(ISSUER_CONNECTORS), since=self.ctx.clock.now() - within, limit=limit)
+        accepted = 0
+        for certificate_id in pending:
+            accepted += await self.notify_revocations(certificate_id)
+        return accepted
+
     async def notify_revocations(self, certificate_id: str) -> int:
         """Revoke at the CA what the inventory just revoked; returns how many the CA accepted."""
         async with self.ctx.db.read() as conn:

@@ -86,6 +86,7 @@ class RenewalService:
             statuses=_CAN_EXPIRE, to=CertificateStatus.EXPIRED, expires_before=now, reason="expired")
         if self.connectors is not None:
             await self.connectors.refresh_renewal_info()
+            await self.connectors.retry_revocations()  # revokeCert the CA has not accepted yet
             await self._renew_ari_due(now, report)
         async with self.ctx.db.read() as conn:
             policies = await maintenance_repo.renewal_policies_in_use(conn)

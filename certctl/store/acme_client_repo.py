@@ -136,3 +136,21 @@ async def newest_version_pem(conn: AsyncConnection, certificate_id: str) -> Row 
     stmt = select(_v.id, _v.ca_id, _v.pem_chain).where(_v.certificate_id == certificate_id) \
         .order_by(_v.created_at.desc(), _v.id.desc()).limit(1)
     return (await conn.execute(stmt)).mappings().first()
+
+
+async def certificates_with_unnotified_revocations(conn: AsyncConnection, *, issuer_types: Sequence[str],
+                                                   since: datetime, limit: int) -> list[str]:
+    """Certificates with revocations an outside CA (of these issuer types) has not accepted yet, made since `since`."""
+    from certctl.store.schema import certificate_revocations
+
+    rv = certificate_revocations.c
+    stmt = (
+        select(rv.certificate_id)
+        .join(issuers, issuers.c.id == rv.issuer_id)
+        .where(rv.issuer_notified.is_(False), rv.ca_id.is_(None), rv.certificate_id.is_not(None),
+               rv.created_at >= since, issuers.c.type.in_(list(issuer_types)))
+        .group_by(rv.certificate_id)
+        .order_by(rv.certificate_id)
+        .limit(limit)
+    )
+    return [str(r[0]) for r in (await conn.execute(stmt)).all()]
