@@ -24,11 +24,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import delete, func, insert, or_, select, update
+from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from certctl.domain.enums import CertificateStatus, JobType
 from certctl.domain.errors import ValidationError
+from certctl.store import rows
 from certctl.store.rows import Row
 from certctl.store.schema import (
     audit_events,
@@ -403,8 +404,9 @@ async def exists(conn: AsyncConnection, certificate_id: str) -> bool:
 
 async def id_or_name_taken(conn: AsyncConnection, certificate_id: str, name: str) -> tuple[bool, bool]:
     """Whether a certificate already has this id, and whether one already has this name."""
-    stmt = select(certs.c.id, certs.c.name).where((certs.c.id == certificate_id) | (certs.c.name == name))
-    found = (await conn.execute(stmt)).all()
+    stmt = rows.cached_statement(("id_or_name_taken",), lambda: select(certs.c.id, certs.c.name).where(
+        (certs.c.id == bindparam("certificate_id")) | (certs.c.name == bindparam("name"))))
+    found = (await conn.execute(stmt, {"certificate_id": certificate_id, "name": name})).all()
     return any(r.id == certificate_id for r in found), any(r.name == name for r in found)
 
 
@@ -416,7 +418,11 @@ async def name_owner(conn: AsyncConnection, name: str) -> str | None:
 
 async def insert_certificate(conn: AsyncConnection, values: Mapping[str, Any]) -> Row:
     """Insert one certificate and return the stored row (server defaults included), in one round trip."""
-    result = await conn.execute(insert(certs).values(**values).returning(*certs.c))
+    # One statement per column set (the create path always sends the same set), not one per call.
+    columns = tuple(sorted(values))
+    stmt = rows.cached_statement(("insert_certificate", columns), lambda: insert(certs).values(
+        {c: bindparam(f"v_{c}", type_=certs.c[c].type) for c in columns}).returning(*certs.c))
+    result = await conn.execute(stmt, {f"v_{c}": values[c] for c in columns})
     return result.mappings().one()
 
 

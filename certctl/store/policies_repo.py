@@ -9,12 +9,15 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from certctl.store.rows import Row, insert_many, list_rows, page_rows
+from certctl.store.rows import Row, cached_statement, insert_many, list_rows, page_rows
 from certctl.store.schema import certificate_versions, policy_rules, policy_violations, renewal_policies
 
 
 async def list_enabled_rules(conn: AsyncConnection) -> list[Row]:
-    return await list_rows(conn, policy_rules, policy_rules.c.enabled.is_(True))
+    # Evaluated on every certificate create and update: the statement is built once.
+    stmt = cached_statement(("enabled_rules",), lambda: select(policy_rules).where(policy_rules.c.enabled.is_(True))
+                            .order_by(policy_rules.c.created_at, policy_rules.c.id))
+    return list((await conn.execute(stmt)).mappings().all())
 
 
 async def replace_violations(

@@ -59,9 +59,10 @@ async def missing_references(conn: AsyncConnection, checks: Sequence[tuple[str, 
     """Of (label, table, id) checks, the labels whose id is not in its table: one round trip for all."""
     if not checks:
         return []
-    probes = [sql_exists().where(table.c.id == ref_id).label(f"r{i}") for i, (_, table, ref_id) in enumerate(checks)]
-    stmt = select(*probes)
-    found = (await conn.execute(stmt)).one()
+    tables = tuple(table for _, table, _ in checks)
+    stmt = cached_statement(("missing_references", tables), lambda: select(*(
+        sql_exists().where(table.c.id == bindparam(f"r{i}")).label(f"r{i}") for i, table in enumerate(tables))))
+    found = (await conn.execute(stmt, {f"r{i}": ref_id for i, (_, _, ref_id) in enumerate(checks)})).one()
     return [label for (label, _, _), present in zip(checks, found, strict=True) if not present]
 
 
