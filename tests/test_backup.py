@@ -27,8 +27,9 @@ import httpx
 import pytest
 from alembic import command
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import ocsp
 from sqlalchemy import create_engine, text
 
 from certctl.pki import backup_archive
@@ -92,6 +93,11 @@ async def _make_inventory(api: Api) -> dict[str, Any]:
         await asyncio.sleep(0.05)
     else:
         raise AssertionError("the revoked serial never reached the CRL")
+    # An OCSP answer makes the CA's delegated responder (its key goes to the key directory, so into the archive).
+    request = ocsp.OCSPRequestBuilder().add_certificate(leaf, ca_cert, hashes.SHA1()).build()
+    answer = await api.anon.post(f"/.well-known/pki/ocsp/{ca_id}", content=request.public_bytes(
+        serialization.Encoding.DER), headers={"Content-Type": "application/ocsp-request"})
+    assert ocsp.load_der_ocsp_response(answer.content).certificate_status == ocsp.OCSPCertStatus.REVOKED
     await api.services.audit_sink.flush()
     return {"ca_id": ca_id, "ca_cert": ca_cert, "revoked_serial": leaf.serial_number,
             "inventory": await _inventory(api.admin)}
@@ -170,7 +176,7 @@ async def test_restore_drill(backend: str, database_url: str, tmp_path: Path) ->
     verified = await asyncio.to_thread(certctl, env, "backup", "verify", str(archive))
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "row counts match the manifest" in verified.stdout
-    assert "signed a test certificate and CRL that verify" in verified.stdout
+    assert "2 archived CA/OCSP keys load and match their certificates" in verified.stdout, verified.stdout
     assert "sealed connector configs open" in verified.stdout
     restored = await asyncio.to_thread(certctl, env, "backup", "restore", str(archive))
     assert restored.returncode == 0, restored.stderr
