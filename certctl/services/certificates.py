@@ -315,7 +315,7 @@ class CertificateService:
     async def _recount(self, key: tuple[Any, ...], flt: CertificateFilter, entry: _CachedCount) -> None:
         try:
             async with self.ctx.db.read() as conn:
-                total = await repo.count(conn, flt)
+                total = await repo.count(conn, flt, background=True)
         except Exception:  # keep serving the previous figure; the next request tries again
             log.warning("recounting certificates failed", exc_info=True)
             entry.refreshing = False
