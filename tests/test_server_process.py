@@ -52,6 +52,7 @@ class Server:
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    wrapper: list[str] = field(default_factory=list)  # a command the server runs under (e.g. `unshare ...`)
 
     @property
     def url(self) -> str:
@@ -73,7 +74,8 @@ class Server:
         n = self.starts
         with self.out(n).open("wb") as out, self.err(n).open("wb") as err:
             self.proc = subprocess.Popen(
-                [str(CERTCTL), "server", "--data-dir", str(self.data_dir), "--port", str(self.port), *self.args],
+                [*self.wrapper, str(CERTCTL), "server", "--data-dir", str(self.data_dir), "--port", str(self.port),
+                 *self.args],
                 env=self.env, stdout=out, stderr=err,
             )
         deadline = time.monotonic() + 60

@@ -86,6 +86,8 @@ class Database:
         try:
             yield conn
         except DBAPIError as exc:
+            if is_storage_full(exc):
+                raise UnavailableError(STORAGE_FULL) from exc
             if is_unreachable(exc):
                 raise UnavailableError("the database is unavailable; retry shortly") from exc
             raise
@@ -106,6 +108,16 @@ class Database:
 # SQLSTATE classes meaning "the database cannot serve you now": 08 connection exception,
 # 53 insufficient resources (e.g. 53300 too many connections), 57 operator intervention (shutdown).
 _UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
+
+
+STORAGE_FULL = "the database's storage is full: nothing of this request was stored; free space and retry"
+
+
+def is_storage_full(exc: DBAPIError) -> bool:
+    """No room left where the database writes: SQLite's SQLITE_FULL, PostgreSQL's disk_full (53100)."""
+    if getattr(exc.orig, "sqlstate", None) == "53100":
+        return True
+    return isinstance(exc, OperationalError) and "database or disk is full" in str(exc.orig)
 
 
 def is_unreachable(exc: DBAPIError) -> bool:
