@@ -231,7 +231,7 @@ def test_two_workers_add_up_in_every_scrape(tmp_path: Path) -> None:
     assert '"level":"debug"' in log
 
 
-async def test_acme_orders_by_result(acme: Any) -> None:
+async def test_acme_orders_by_result(acme: Any) -> None:  # noqa: F811 - the fixture imported above
     """The ACME server's orders: created, valid once issued, rate_limited (three open orders at most here)."""
     def count(result: str) -> float:
         return metrics.sample("certctl_acme_orders_total", {"result": result})
