@@ -40,7 +40,7 @@ test: $(STAMP) system-deps lint
 	$(BIN)/python .ci/no_skips.py $(JUNIT)
 
 bench: $(STAMP)
-	$(BIN)/python bench/cert_list.py
+	$(BIN)/python bench/run_all.py
 
 clean:
 	rm -rf $(VENV) certctl-data .mypy_cache .ruff_cache

@@ -28,13 +28,17 @@ if __package__ in (None, ""):  # run as `python bench/agent_fleet.py`
 
 from bench.common import (
     PostgresCpu,
+    add_json_flag,
+    bench_result,
     build_request,
     cpu_seconds,
     create_database,
+    json_mode,
     machine,
     open_loop,
     pg_url,
     print_json,
+    result_row,
     running_server,
     use_uvloop,
 )
@@ -81,7 +85,9 @@ async def main() -> None:
     parser.add_argument("--agents", type=int, default=5000)
     parser.add_argument("--duration", type=float, default=60)
     parser.add_argument("--workers", type=int, default=2)
+    add_json_flag(parser)
     args = parser.parse_args()
+    json_mode(args)
     await create_database(DATABASE, recreate=True)
     url = pg_url(DATABASE)
     rate = args.agents / 60 + args.agents / 30
@@ -109,6 +115,10 @@ async def main() -> None:
         summary["target_p99_ms"] = TARGET_P99_MS
         summary["met"] = summary["p99_ms"] <= TARGET_P99_MS and not summary["non_2xx"] and not summary["errors"]
         print_json(f"{args.agents} agents: heartbeats every 60 s, polls every 30 s", summary)
+    bench_result([result_row(f"agent fleet: {args.agents} agents, heartbeat 60 s + poll 30 s", p50_ms=summary["p50_ms"],
+                             p95_ms=summary["p95_ms"], p99_ms=summary["p99_ms"], throughput=summary["achieved_rate"],
+                             rss_mb=summary["rss_mb"], baseline=f"target p99 {TARGET_P99_MS:g} ms",
+                             ratio=round(TARGET_P99_MS / summary["p99_ms"], 3) if summary["p99_ms"] else None)])
 
 
 if __name__ == "__main__":

@@ -51,13 +51,17 @@ from bench.common import (
     CONFIG_KEY,
     PostgresCpu,
     Server,
+    add_json_flag,
+    bench_result,
     build_request,
     cpu_seconds,
     create_database,
+    json_mode,
     machine,
     open_loop,
     pg_url,
     print_json,
+    result_row,
     rng,
     running_server,
     use_uvloop,
@@ -490,7 +494,9 @@ async def main() -> None:
     parser.add_argument("--mix", choices=sorted(MIXES), default="both",
                         help="saturation mix: page requests, cursor walks, or half and half")
     parser.add_argument("--saturation-only", action="store_true", help="skip the open-loop and demo phases")
+    add_json_flag(parser)
     args = parser.parse_args()
+    json_mode(args)
 
     url = pg_url(args.database)
     conn = await asyncpg.connect(url)
@@ -521,7 +527,11 @@ async def main() -> None:
         sat["loadavg"] = loadavg()
         print_json(f"saturation (wrk, {args.connections} connections)", sat)
         results["saturation_req_per_s"] = sat["req_per_s"]
+        sat_row = result_row(f"list: saturation, wrk {args.connections} conns, {args.workers} workers",
+                             p50_ms=sat["latency_ms"]["p50_ms"], p99_ms=sat["latency_ms"]["p99_ms"],
+                             throughput=sat["req_per_s"], rss_mb=round(server.rss_mb()[0], 1))
         if args.saturation_only:
+            bench_result([sat_row])
             return
         fixed = await run_open_loop(f"open loop {args.rate:g} req/s", server, args.rate, args.duration, list_mix(1),
                                     args.database)
@@ -557,6 +567,19 @@ async def main() -> None:
         },
     })
     print_json("summary", results)
+    rows = [sat_row,
+            result_row(f"list: open loop {args.rate:g} req/s, 1M rows", p50_ms=fixed["p50_ms"], p95_ms=fixed["p95_ms"],
+                       p99_ms=fixed["p99_ms"], throughput=fixed["achieved_rate"], rss_mb=results["rss_peak_mb"]),
+            result_row("list: open loop 100 req/s, 1M rows", p50_ms=ref["p50_ms"], p95_ms=ref["p95_ms"],
+                       p99_ms=ref["p99_ms"], throughput=ref["achieved_rate"], rss_mb=results["rss_peak_mb"],
+                       baseline="reference p99 8.58 ms at 100 req/s (32 certs)",
+                       ratio=round(REFERENCE_P99_MS / ref["p99_ms"], 2) if ref["p99_ms"] else None)]
+    if "demo_p99_ms" in results:
+        rows.append(result_row("list: open loop 100 req/s, demo inventory (30 certs)", p50_ms=small["p50_ms"],
+                               p95_ms=small["p95_ms"], p99_ms=small["p99_ms"], throughput=small["achieved_rate"],
+                               baseline="reference p99 8.58 ms at 100 req/s (32 certs)",
+                               ratio=round(REFERENCE_P99_MS / small["p99_ms"], 2) if small["p99_ms"] else None))
+    bench_result(rows)
 
 
 if __name__ == "__main__":

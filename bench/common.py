@@ -451,10 +451,40 @@ def use_uvloop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+_JSON_MODE = [False]
+RESULT_MARK = "BENCH_RESULT "
+
+
+def add_json_flag(parser: Any) -> None:
+    """`--json`: the human-readable blocks go to stderr and stdout's last line is `BENCH_RESULT {...}`."""
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON line, last (run_all.py)")
+
+
+def json_mode(args: Any) -> None:
+    _JSON_MODE[0] = bool(getattr(args, "json", False))
+
+
 def print_json(title: str, payload: dict[str, Any]) -> None:
-    print(f"== {title}")
-    print(json.dumps(payload, indent=2, default=str))
-    sys.stdout.flush()
+    out = sys.stderr if _JSON_MODE[0] else sys.stdout
+    print(f"== {title}", file=out)
+    print(json.dumps(payload, indent=2, default=str), file=out)
+    out.flush()
+
+
+def result_row(scenario: str, *, p50_ms: float | None = None, p95_ms: float | None = None,
+               p99_ms: float | None = None, throughput: float | None = None, unit: str = "req/s",
+               rss_mb: float | None = None, baseline: str = "", ratio: float | None = None) -> dict[str, Any]:
+    """One line of bench/run_all.py's table. `ratio` is against `baseline`, > 1 meaning certctl does better
+    (baseline latency / ours, or our throughput / the baseline's)."""
+    return {"scenario": scenario, "p50_ms": p50_ms, "p95_ms": p95_ms, "p99_ms": p99_ms, "throughput": throughput,
+            "unit": unit, "rss_mb": rss_mb, "baseline": baseline, "ratio": ratio}
+
+
+def bench_result(rows: list[dict[str, Any]], **extra: Any) -> None:
+    """With --json: the machine-readable result, one line, printed last on stdout."""
+    if _JSON_MODE[0]:
+        print(RESULT_MARK + json.dumps({"rows": rows, **extra}, default=str))
+        sys.stdout.flush()
 
 
 def machine() -> dict[str, Any]:

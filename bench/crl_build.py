@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cryptography import x509
 
-from bench.common import machine, print_json
+from bench.common import add_json_flag, bench_result, json_mode, machine, print_json, result_row
 from certctl.pki.ca import IssuingCA, PublicationUrls, build_root, ca_name
 from certctl.pki.crl import RevokedEntry, build_crl
 from certctl.pki.signers import SoftwareSigner, generate_private_key, hash_for
@@ -149,7 +149,9 @@ def main() -> None:
     parser.add_argument("--key", default="ECDSA-P256")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--database", action="store_true", help="also the service path on PostgreSQL (100k rows)")
+    add_json_flag(parser)
     args = parser.parse_args()
+    json_mode(args)
     ca = make_ca(args.key)
     now = datetime.now(UTC).replace(microsecond=0)
     print_json("machine", {**machine(), "key": args.key, "pid": os.getpid()})
@@ -162,14 +164,23 @@ def main() -> None:
                         "target_100k_le_2s": (seconds <= 2.0) if size == 100_000 else None,
                         **check(ca, der, size, with_openssl=position == 0)})
         print_json(f"certctl.pki.crl, {size:,} entries", results[-1])
+    speedups = {}
     for size in (int(s) for s in args.baseline.split(",") if s):
         items = entries(size, now)
         theirs = baseline(ca, items, now)
         mine, _ = ours(ca, items, now, args.repeat)
+        speedups[size] = round(theirs / mine, 1)
         print_json(f"cryptography builder vs certctl, {size:,} entries", {
             "cryptography_s": round(theirs, 3), "certctl_s": round(mine, 4), "speedup": round(theirs / mine, 1)})
+    rows = [result_row(f"CRL build + sign, {r['entries']:,} entries ({r['build_and_sign_s']} s)",
+                       throughput=r["entries_per_s"], unit="entries/s") for r in results]
+    for size, speedup in speedups.items():
+        rows.append(result_row(f"CRL build + sign, {size:,} entries, vs cryptography's builder",
+                               baseline=f"cryptography CertificateRevocationListBuilder, {size:,} entries",
+                               ratio=speedup))
     if args.database:
         print_json("service path on PostgreSQL", asyncio.run(database_phase(100_000)))
+    bench_result(rows)
 
 
 if __name__ == "__main__":

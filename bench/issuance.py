@@ -39,14 +39,18 @@ if __package__ in (None, ""):  # run as `python bench/issuance.py`
 from bench.common import (
     BENCH_KEY,
     Connection,
+    add_json_flag,
+    bench_result,
     build_request,
     cpu_seconds,
     create_database,
     insecure_tls,
+    json_mode,
     machine,
     percentile,
     pg_url,
     print_json,
+    result_row,
     running_server,
     use_uvloop,
 )
@@ -231,12 +235,22 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--skip-http", action="store_true")
+    add_json_flag(parser)
     args = parser.parse_args()
+    json_mode(args)
     print_json("setup", {"machine": machine(), "workers": args.workers, "concurrency": args.concurrency})
-    print_json("in process: leaf build + sign (ECDSA P-256)", in_process(args.count))
+    local = in_process(args.count)
+    print_json("in process: leaf build + sign (ECDSA P-256)", local)
+    rows = [result_row("issuance in process: leaf build + sign", throughput=local["leaves_per_s"]["certctl_build_leaf"],
+                       unit="certs/s", baseline="cryptography's builder, same extensions (raw)",
+                       ratio=local.get("ratio"))]
     if not args.skip_http:
-        print_json("over HTTP: CSR in, stored certificate + audit row out",
-                   await over_http(args.http_count, args.concurrency, args.workers))
+        http = await over_http(args.http_count, args.concurrency, args.workers)
+        print_json("over HTTP: CSR in, stored certificate + audit row out", http)
+        rows.append(result_row(f"issuance over HTTPS: CSR in, version stored ({args.concurrency} conns)",
+                               p50_ms=http["p50_ms"], p95_ms=http["p95_ms"], p99_ms=http["p99_ms"],
+                               throughput=http["certificates_per_s"], unit="certs/s", rss_mb=http.get("rss_mb")))
+    bench_result(rows)
 
 
 if __name__ == "__main__":

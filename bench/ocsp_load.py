@@ -445,7 +445,18 @@ async def revocation_visibility(base_url: str, port: int, ca_id: str, good: list
 # ---- main -------------------------------------------------------------------------------------------
 
 async def main() -> None:
-    from bench.common import create_database, db_upgrade, machine, pg_url, print_json, running_server
+    from bench.common import (
+        add_json_flag,
+        bench_result,
+        create_database,
+        db_upgrade,
+        json_mode,
+        machine,
+        pg_url,
+        print_json,
+        result_row,
+        running_server,
+    )
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=10.0)
@@ -456,7 +467,9 @@ async def main() -> None:
     parser.add_argument("--revocations", type=int, default=5)
     parser.add_argument("--skip-openssl", action="store_true")
     parser.add_argument("--skip-plain", action="store_true")
+    add_json_flag(parser)
     args = parser.parse_args()
+    json_mode(args)
 
     print_json("machine", machine())
     await create_database(DATABASE, recreate=True)
@@ -524,6 +537,17 @@ async def main() -> None:
                                                   "req_per_s")}
     summary["revocation_visible_max_ms"] = visibility["max_ms"]
     print_json("summary", summary)
+    openssl_rps = reference["req_per_s"] if reference else None
+    bench_result([
+        result_row(f"OCSP: {name}", p50_ms=r.get("p50_ms"), p95_ms=r.get("p95_ms"), p99_ms=r.get("p99_ms"),
+                   throughput=r.get("req_per_s"),
+                   baseline="" if name.startswith(("openssl", "floor")) or not openssl_rps
+                   else "openssl ocsp -multi 2 (req/s)",
+                   ratio=None if name.startswith(("openssl", "floor")) or not openssl_rps
+                   else round(r["req_per_s"] / openssl_rps, 2))
+        for name, r in results.items()
+    ] + [result_row(f"OCSP: revocation visible (max of {visibility['revocations']})", p99_ms=visibility["max_ms"],
+                    baseline="target 1,000 ms", ratio=round(1000 / max(visibility["max_ms"], 1), 2))])
 
 
 if __name__ == "__main__":

@@ -32,12 +32,16 @@ if __package__ in (None, ""):  # run as `python bench/rollout.py`
 
 from bench.common import (
     BENCH_KEY,
+    add_json_flag,
+    bench_result,
     cpu_seconds,
     create_database,
+    json_mode,
     machine,
     percentile,
     pg_url,
     print_json,
+    result_row,
     running_server,
     use_uvloop,
 )
@@ -107,7 +111,9 @@ async def main() -> None:
     parser.add_argument("--targets-per-agent", type=int, default=10)
     parser.add_argument("--poll", type=float, default=30.0)
     parser.add_argument("--workers", type=int, default=2)
+    add_json_flag(parser)
     args = parser.parse_args()
+    json_mode(args)
     expected = args.agents * args.targets_per_agent
     await create_database(DATABASE, recreate=True)
     url = pg_url(DATABASE)
@@ -146,6 +152,10 @@ async def main() -> None:
         "server_cpu_seconds": round(used, 2),
         "note": f"bounded below by the poll interval ({args.poll:g} s): an agent sees its jobs at its next poll",
     })
+    bench_result([result_row(f"rollout: 1 renewal to {expected} targets on {args.agents} agents (poll {args.poll:g} s)",
+                             p50_ms=round(percentile(times, 50) * 1000) if times else None,
+                             p95_ms=round(percentile(times, 95) * 1000) if times else None,
+                             throughput=round(completed / elapsed, 1), unit="deployments/s")])
 
 
 if __name__ == "__main__":
