@@ -17,6 +17,7 @@ from certctl.services.issuance import run_due_issuing_jobs
 from certctl.store import jobs_repo
 from tests import factories
 from tests.conftest import Api, make_settings, start_api, stop_api
+from tests.test_acme_issuer import _acme_certificate, _renew_and_run, pebble, server_api  # noqa: F401 - fixtures
 from tests.test_acme_server import acme  # noqa: F401 - the ACME server fixture
 from tests.test_agent_credentials import _bearer, _deployment_job, _enrol
 from tests.test_server_process import Server, _env, printed_key
@@ -247,3 +248,16 @@ async def test_acme_orders_by_result(acme: Any) -> None:  # noqa: F811 - the fix
     assert count("valid") - before["valid"] == 1
     assert count("rate_limited") - before["rate_limited"] == 1
     assert metrics.sample("certctl_rate_limit_rejections_total", {"limiter": "acme"}) - limited_before == 1
+
+
+async def test_external_issuer_calls_are_timed(server_api: Api, pebble: Any) -> None:  # noqa: F811 - fixtures
+    """An ACME issuer (a real Pebble): its call is one issuer span and one issuance-duration observation."""
+    def count() -> float:
+        return metrics.sample("certctl_issuance_duration_seconds_count", {"issuer_type": "ACME"})
+
+    before = count()
+    _, cert = await _acme_certificate(server_api, pebble)
+    assert (await _renew_and_run(server_api, cert["id"]))["status"] == "Completed"
+    assert count() - before == 1
+    assert metrics.sample("certctl_issuance_duration_seconds_sum", {"issuer_type": "ACME"}) > 0
+    assert metrics.sample("certctl_issuance_total", {"issuer_type": "ACME", "result": "success"}) >= 1

@@ -309,10 +309,11 @@ class IssuanceService:
         except ValidationError as exc:
             return await self.fail_attempt(job["id"], exc.message, retryable=False)
         try:
-            result = await connector.issue(IssueRequest(
-                csr_pem=csr_pem, common_name=str(plan.cert["common_name"]),
-                sans=tuple(str(s) for s in plan.cert["sans"] or ()), replaces=replaces,
-                certificate_id=plan.cert["id"], job_id=job["id"]))
+            with issuer_call(plan.issuer["type"], plan.issuer["id"], job_id=job["id"]):  # span + duration histogram
+                result = await connector.issue(IssueRequest(
+                    csr_pem=csr_pem, common_name=str(plan.cert["common_name"]),
+                    sans=tuple(str(s) for s in plan.cert["sans"] or ()), replaces=replaces,
+                    certificate_id=plan.cert["id"], job_id=job["id"]))
             leaf = x509.load_pem_x509_certificate(result.leaf_pem.encode())
         except IssuerError as exc:
             return await self.fail_attempt(job["id"], exc.message, retryable=exc.retryable)
