@@ -3,7 +3,8 @@
 The logging set-up is the server's own (`configure_logging("debug", "json")`); every line written while the test
 runs is captured and searched for every secret value it handled: API keys (configured, generated, wrong ones),
 the agent bootstrap token and agent keys (enrolment, rotation), issuer and target credentials (create, update,
-a refused request), EAB HMAC keys (ACME issuer config), private keys (server and agent key generation) and
+a refused request), EAB HMAC keys (ACME issuer config; the ACME server's EAB admin and clients using a good and a
+wrong key), private keys (server and agent key generation) and
 PKCS#12 export passwords.
 """
 
@@ -30,6 +31,7 @@ from certctl.services.issuance import run_due_issuing_jobs
 from certctl.store import issuance_repo
 from tests import factories
 from tests.conftest import ADMIN_KEY, USER_KEY, make_settings, start_api, stop_api
+from tests.test_acme_server import EAB_DIRECTORY, Acme, acme, b64, eab_jws, jwk_of  # noqa: F401 - fixture
 from tests.test_agent_runner import _config
 
 BOOTSTRAP = "bootstrap-token-for-tests"
@@ -191,3 +193,23 @@ async def _sealed_key(conn: object, version_id: str) -> str:
     stmt = select(certificate_private_keys.c.sealed_key).where(certificate_private_keys.c.version_id == version_id)
     value: str = (await conn.execute(stmt)).scalar_one()  # type: ignore[attr-defined]
     return value
+
+
+async def test_no_acme_server_eab_key_in_the_log(debug_log: io.StringIO, acme: Acme) -> None:  # noqa: F811
+    """The ACME server's EAB admin: the HMAC key shown once at creation, then used (and misused) by clients."""
+    created = await acme.api.admin.post("/api/v1/acme/eab-keys", json={"profile_id": "p-eab", "description": "ci"})
+    assert created.status_code == 201, created.text
+    key = created.json()
+    client = acme.client(directory=EAB_DIRECTORY)
+    await client.start()
+    url = client.directory["newAccount"]
+    wrong = b64(b"wrong-secret-0123456789abcdef012")
+    forged = eab_jws(key["key_id"], wrong, jwk_of(client.key), url)
+    assert (await client.register(externalAccountBinding=forged)).status_code == 401
+    good = eab_jws(key["key_id"], key["hmac_key"], jwk_of(client.key), url)
+    assert (await client.register(externalAccountBinding=good)).status_code == 201
+    await client.issue("eab.example.com")
+    text = debug_log.getvalue()
+    assert '"msg":"request"' in text
+    for what, secret in (("EAB HMAC key", key["hmac_key"]), ("wrong EAB HMAC key", wrong)):
+        assert not [form for form in _forms(secret) if form in text], f"{what} appears in the log"
