@@ -185,3 +185,27 @@ def test_helm_chart_templates_are_well_formed_and_read_only_defined_values() -> 
     assert {"existingSecret", "url", "maxConns"} <= set(values["database"])
     assert {"existingSecret", "encryptionKey", "apiKeysNamed"} <= set(values["secrets"])
     assert _settings_used("".join(templates.values())) <= _known_settings()
+
+
+# ---- the high-availability guide's haproxy configuration -------------------------------------------------------
+def test_high_availability_guide_haproxy_config_is_valid(tmp_path: Path) -> None:
+    """The guide's haproxy block, with its certificate paths pointed at real files, passes `haproxy -c`; it keeps
+    the settings the rolling-restart test depends on (tests/failure_rig.py: Balancer)."""
+    from certctl.pki.selfsigned import ensure_server_certificate
+
+    guide = (ROOT / "docs" / "operator" / "high-availability.md").read_text()
+    blocks = re.findall(r"```haproxy\n(.*?)```", guide, re.S)
+    assert len(blocks) == 1
+    cert, key = ensure_server_certificate(tmp_path, "127.0.0.1")
+    pem = tmp_path / "front.pem"
+    pem.write_text(cert.read_text() + key.read_text())
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(blocks[0].replace("/etc/haproxy/certctl.pem", str(pem))
+                      .replace("/etc/haproxy/certctl-replicas-ca.pem", str(cert)))
+    done = subprocess.run(["haproxy", "-c", "-f", str(config)], capture_output=True, text=True, timeout=30,
+                          check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rig = (ROOT / "tests" / "failure_rig.py").read_text()
+    for line in ("option httpchk GET /ready", "http-check expect status 200", "retry-on conn-failure empty-response",
+                 "option redispatch 1"):
+        assert line in blocks[0] and line in rig, line
