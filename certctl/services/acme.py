@@ -36,7 +36,8 @@ import re
 import secrets
 import struct
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -46,6 +47,7 @@ import orjson
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from certctl.config import SettingsError, env_bool, env_int_between, parse_duration
 from certctl.domain import acme as A
@@ -113,7 +115,7 @@ class AcmeSettings:
     key_changes_per_hour: int = 5
     challenge_responses_per_hour: int = 60
     identifier_orders_per_hour: int = 300
-    new_accounts_per_hour: int = 300
+    new_accounts_per_hour: int = 0  # per profile; 0 = no limit
     gc_interval: float = 60.0
 
     @classmethod
@@ -146,7 +148,7 @@ class AcmeSettings:
             key_changes_per_hour=limit("KEY_CHANGES_PER_HOUR", 5),
             challenge_responses_per_hour=limit("CHALLENGE_RESPONSES_PER_HOUR", 60),
             identifier_orders_per_hour=limit("IDENTIFIER_ORDERS_PER_HOUR", 300),
-            new_accounts_per_hour=limit("NEW_ACCOUNTS_PER_HOUR", 300),
+            new_accounts_per_hour=limit("NEW_ACCOUNTS_PER_HOUR", 0),
             gc_interval=_seconds(env, "CERTCTL_ACME_SERVER_GC_INTERVAL", "1m", 1.0),
         )
 
@@ -295,6 +297,14 @@ class AcmeService:
         self.limiter: Any = None
 
     # ---- lifecycle ----------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in autocommit: one round trip per statement, no BEGIN/ROLLBACK around single reads
+        (and the single-statement nonce spend). Multi-statement writes use `ctx.db.transaction()`."""
+        async with self.ctx.db.read() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
+
     @property
     def validator(self) -> Any:
         if self._validator is None:
@@ -354,8 +364,9 @@ class AcmeService:
         body = struct.pack(">Q", expiry) + secrets.token_bytes(16)
         return b64e(body + hmac.new(self._nonce_key, body, hashlib.sha256).digest()[:16])
 
-    async def spend_nonce(self, nonce: str | None) -> None:
-        """RFC 8555 §6.5.1: unknown, expired or already used nonces are `badNonce`."""
+    async def spend_nonce(self, nonce: str | None, account_id: str | None = None) -> Row | None:
+        """RFC 8555 §6.5.1: unknown, expired or already used nonces are `badNonce`. With `account_id` the
+        account row comes back from the same round trip (None when there is no such account)."""
         bad = AcmeProblem("badNonce", "the JWS nonce is unknown, expired or already used")
         try:
             raw = b64d(nonce or "")
@@ -370,11 +381,13 @@ class AcmeService:
         now = self.ctx.clock.now()
         if expiry <= now.timestamp():
             raise bad
-        async with self.ctx.db.transaction() as conn:
-            fresh = await acme_repo.spend_nonce(conn, nonce or "", datetime.fromtimestamp(expiry, now.tzinfo))
+        async with self._read() as conn:  # autocommitted: on PostgreSQL one round trip for nonce and account
+            fresh, account = await acme_repo.spend_nonce(
+                conn, nonce or "", datetime.fromtimestamp(expiry, now.tzinfo), account_id)
         if not fresh:
             raise bad
         self.maybe_gc()
+        return account
 
     # ---- profiles -----------------------------------------------------------------------------------
     async def profile(self, profile_id: str) -> CertificateProfile:
@@ -382,7 +395,7 @@ class AcmeService:
         cached = self._profile_rows.get(profile_id)
         now = time.monotonic()
         if cached is None or now - cached[0] > 1.0:
-            async with self.ctx.db.read() as conn:
+            async with self._read() as conn:
                 fetched = await acme_repo.get_profile(conn, profile_id)
             cached = self._profile_rows[profile_id] = (now, fetched)
         row = cached[1]
@@ -400,7 +413,7 @@ class AcmeService:
         """CERTCTL_ACME_SERVER_DEFAULT_PROFILE_ID, else the oldest enabled profile (created_at, then id)."""
         if self.settings.default_profile_id:
             return self.settings.default_profile_id
-        async with self.ctx.db.read() as conn:
+        async with self._read() as conn:
             found = await acme_repo.first_enabled_profile_id(conn)
         if found is None:
             raise AcmeProblem("userActionRequired",
@@ -424,10 +437,12 @@ class AcmeService:
                               retry_after=retry)
 
     # ---- accounts -----------------------------------------------------------------------------------
-    async def account(self, profile_id: str, account_id: str) -> Row:
-        """The account behind a `kid`; it must belong to this profile and be valid (RFC 8555 §6.2)."""
-        async with self.ctx.db.read() as conn:
-            row = await acme_repo.get_account(conn, account_id)
+    async def account(self, profile_id: str, account_id: str, row: Row | None = None, *, loaded: bool = False) -> Row:
+        """The account behind a `kid`; it must belong to this profile and be valid (RFC 8555 §6.2).
+        `loaded`: `row` was read already (with the nonce), None meaning there is no such account."""
+        if not loaded:
+            async with self._read() as conn:
+                row = await acme_repo.get_account(conn, account_id)
         if row is None or row["profile_id"] != profile_id:
             raise AcmeProblem("accountDoesNotExist", "the JWS kid names no account of this profile", 400)
         if row["status"] != A.VALID:
@@ -438,7 +453,7 @@ class AcmeService:
         self, profile_id: str, jwk: dict[str, Any], thumbprint: str, payload: Mapping[str, Any], url: str,
     ) -> tuple[Row, bool]:
         """RFC 8555 §7.3: returns (account, created). An existing key answers with its account."""
-        async with self.ctx.db.read() as conn:
+        async with self._read() as conn:
             existing = await acme_repo.account_by_thumbprint(conn, profile_id, thumbprint)
         if existing is not None:
             if existing["status"] != A.VALID:
@@ -475,10 +490,7 @@ class AcmeService:
                                "acme_account", account_id,
                                {"profile_id": profile_id, "thumbprint": thumbprint, "contact": contact,
                                 "eab_key_id": eab_key_id, "terms_agreed": agreed})
-        async with self.ctx.db.read() as conn:
-            row = await acme_repo.get_account(conn, account_id)
-        assert row is not None
-        return row, True
+        return values, True
 
     def _check_contact(self, raw: Any) -> list[str]:
         if raw is None:
@@ -588,7 +600,7 @@ class AcmeService:
                                {"old_thumbprint": account["thumbprint"], "new_thumbprint": new_thumbprint})
 
     async def account_orders(self, account: Row, after: str | None, limit: int = 100) -> tuple[list[str], str | None]:
-        async with self.ctx.db.read() as conn:
+        async with self._read() as conn:
             ids = await acme_repo.order_ids_of_account(conn, account["id"], after=after, limit=limit + 1)
         more = len(ids) > limit
         ids = ids[:limit]
@@ -629,10 +641,11 @@ class AcmeService:
         not_before, not_after = self._order_validity(payload)
         replaced = await self._replaced_order(account, payload.get("replaces"), identifiers)
         now = self.ctx.clock.now()
-        await self._hit(f"acme:orders:{account['id']}", self.settings.orders_per_hour, 3600.0, "new orders")
-        for ident in identifiers:
-            await self._hit(f"acme:identifier:{ident['type']}:{ident['value']}",
-                            self.settings.identifier_orders_per_hour, 3600.0, f"orders for {ident['value']}")
+        # Asked together: the shared limiter puts concurrent misses into one round trip.
+        await asyncio.gather(
+            self._hit(f"acme:orders:{account['id']}", self.settings.orders_per_hour, 3600.0, "new orders"),
+            *(self._hit(f"acme:identifier:{ident['type']}:{ident['value']}", self.settings.identifier_orders_per_hour,
+                        3600.0, f"orders for {ident['value']}") for ident in identifiers))
         trusted = profile.acme_auth_mode == "trust_authenticated"
         order_id = _rand_id("ord")
         expires = now + timedelta(seconds=self.settings.order_ttl)
@@ -723,7 +736,7 @@ class AcmeService:
         return order
 
     async def order(self, account: Row, order_id: str) -> OrderView:
-        async with self.ctx.db.read() as conn:
+        async with self._read() as conn:
             order = await acme_repo.get_order(conn, order_id)
             if order is None:
                 raise AcmeProblem("malformed", "no such order", 404)
@@ -744,7 +757,7 @@ class AcmeService:
 
     # ---- authorizations and challenges --------------------------------------------------------------
     async def authorization(self, account: Row, authz_id: str) -> AuthzView:
-        async with self.ctx.db.read() as conn:
+        async with self._read() as conn:
             authz: Row | None = await acme_repo.get_authz(conn, authz_id)
             if authz is None:
                 raise AcmeProblem("malformed", "no such authorization", 404)
@@ -774,7 +787,7 @@ class AcmeService:
         return await self.authorization(account, authz_id)
 
     async def challenge(self, account: Row, challenge_id: str) -> tuple[Row, Row]:
-        async with self.ctx.db.read() as conn:
+        async with self._read() as conn:
             challenge = await acme_repo.get_challenge(conn, challenge_id)
             if challenge is None:
                 raise AcmeProblem("malformed", "no such challenge", 404)
@@ -809,7 +822,7 @@ class AcmeService:
         return after, authz
 
     async def _validate(self, challenge_id: str) -> None:
-        async with self.ctx.db.read() as conn:
+        async with self._read() as conn:
             ctx = await acme_repo.challenge_context(conn, challenge_id)
         if ctx is None or ctx["status"] != A.PROCESSING:
             return
@@ -1006,7 +1019,7 @@ class AcmeService:
     async def certificate_chain(self, account: Row, version_id: str, alternate: int = 0) -> IssuedChain:
         """RFC 8555 §7.4.2: the leaf and its chain; only the account that ordered it may download it.
         Alternate 1 (when it differs) leaves the self-signed root out."""
-        async with self.ctx.db.read() as conn:
+        async with self._read() as conn:
             version = await acme_repo.get_version(conn, version_id)
             order = await acme_repo.order_of_version(conn, version_id) if version is not None else None
         if version is None or order is None:
@@ -1031,7 +1044,7 @@ class AcmeService:
         except ValueError:
             raise AcmeProblem("malformed", "certificate is not a DER X.509 certificate") from None
         fingerprint = hashlib.sha256(cert_der).hexdigest()
-        async with self.ctx.db.read() as conn:
+        async with self._read() as conn:
             version = await acme_repo.version_by_fingerprint(conn, fingerprint)
             order = await acme_repo.order_of_version(conn, version["id"]) if version is not None else None
             managed = await acme_repo.get_certificate(conn, version["certificate_id"]) if version else None
@@ -1059,7 +1072,7 @@ class AcmeService:
     # ---- ARI ----------------------------------------------------------------------------------------
     async def _version_by_ari_id(self, cert_id: str) -> tuple[Row, Row | None]:
         aki, serial = parse_ari_cert_id(cert_id)
-        async with self.ctx.db.read() as conn:
+        async with self._read() as conn:
             candidates = await acme_repo.versions_by_serial(conn, serial_hex(serial))
             for version in candidates:
                 leaf = x509.load_pem_x509_certificate(version["pem_chain"].encode())
@@ -1079,7 +1092,7 @@ class AcmeService:
             raise AcmeProblem("malformed", "ARI is disabled on this server", 404)
         version, _order = await self._version_by_ari_id(cert_id)
         now = self.ctx.clock.now()
-        async with self.ctx.db.read() as conn:
+        async with self._read() as conn:
             managed = await acme_repo.get_certificate(conn, version["certificate_id"])
         lifetime = version["not_after"] - version["not_before"]
         if managed is not None and managed["status"] == CertificateStatus.REVOKED.value:
@@ -1113,7 +1126,7 @@ class AcmeService:
         return row, secret
 
     async def list_eab_keys(self) -> Sequence[Row]:
-        async with self.ctx.db.read() as conn:
+        async with self._read() as conn:
             return await acme_repo.list_eab_keys(conn)
 
     async def delete_eab_key(self, actor: Actor, key_id: str) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy import bindparam, delete, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -34,14 +34,35 @@ _OPEN_ORDER_STATUSES = ("pending", "ready", "processing")
 
 
 # ---- nonces -----------------------------------------------------------------------------------------
-async def spend_nonce(conn: AsyncConnection, value: str, expires_at: datetime) -> bool:
-    """Record a nonce as used; False when it was used before (on any replica)."""
+async def spend_nonce(
+    conn: AsyncConnection, value: str, expires_at: datetime, account_id: str | None = None,
+) -> tuple[bool, Mapping[Any, Any] | None]:
+    """Record a nonce as used: (False, ...) when it was used before, on any replica. With `account_id` the
+    account row is read too: on PostgreSQL in the same statement (one round trip per ACME request)."""
     dialect = conn.dialect.name
+    params = {"value": value, "expires_at": expires_at, "account_id": account_id or ""}
+    if dialect == "postgresql" and account_id is not None:
+        stmt = cached_statement(("acme_spend_nonce_account",), _spend_with_account)
+        row = (await conn.execute(stmt, params)).mappings().first()
+        assert row is not None
+        found = {c.name: row[c.name] for c in acme_accounts.c} if row["id"] is not None else None
+        return bool(row["_fresh"]), found
     stmt = cached_statement(("acme_spend_nonce", dialect), lambda: (
         pg_insert(acme_nonces) if dialect == "postgresql" else sqlite_insert(acme_nonces)
     ).on_conflict_do_nothing(index_elements=["value"]))
     result = await conn.execute(stmt, {"value": value, "expires_at": expires_at})
-    return bool(result.rowcount == 1)
+    fresh = bool(result.rowcount == 1)
+    account = await get_account(conn, account_id) if fresh and account_id is not None else None
+    return fresh, account
+
+
+def _spend_with_account() -> Any:
+    spent = (pg_insert(acme_nonces).values(value=bindparam("value"), expires_at=bindparam("expires_at"))
+             .on_conflict_do_nothing(index_elements=["value"]).returning(acme_nonces.c.value).cte("spent"))
+    fresh = select(func.count()).select_from(spent).scalar_subquery().label("_fresh")
+    one = select(literal(1).label("one")).subquery("one")
+    return select(fresh, *acme_accounts.c).select_from(
+        one.outerjoin(acme_accounts, acme_accounts.c.id == bindparam("account_id")))
 
 
 async def delete_expired_nonces(conn: AsyncConnection, now: datetime) -> int:

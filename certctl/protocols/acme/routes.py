@@ -92,14 +92,21 @@ async def _signed(request: Request, service: AcmeService, urls: Urls, *, use: st
     own_url = urls.base + request.url.path
     if jws.url != own_url:
         raise AcmeProblem("unauthorized", f"the JWS url '{jws.url}' is not the request URL '{own_url}'", 401)
-    await service.spend_nonce(jws.nonce)
     account: Row | None = None
     if jws.kid is not None:
         if use == "jwk":
+            await service.spend_nonce(jws.nonce)
             raise AcmeProblem("malformed", "this request must be signed with a jwk, not a kid")
-        account = await service.account(urls.profile_id, urls.account_id(jws.kid))
+        try:
+            account_id = urls.account_id(jws.kid)
+        except AcmeProblem:
+            await service.spend_nonce(jws.nonce)
+            raise
+        row = await service.spend_nonce(jws.nonce, account_id)  # nonce first, then the account
+        account = await service.account(urls.profile_id, account_id, row, loaded=True)
         key = J.account_key(account["jwk"])
     else:
+        await service.spend_nonce(jws.nonce)
         if use == "kid":
             raise AcmeProblem("malformed", "this request must be signed with the account's kid, not a jwk")
         assert jws.jwk is not None
