@@ -264,6 +264,10 @@ def _check_service_variables(env: Mapping[str, str]) -> None:
             raise SettingsError(f"{name}: '{env.get(name)}' is not between {low} and {high}")
     retention = env.get("CERTCTL_HEALTH_CHECK_HISTORY_RETENTION") or "720h"
     parse_duration("CERTCTL_HEALTH_CHECK_HISTORY_RETENTION", retention, 3600.0)
+    # ACME server (docs/configuration.md "ACME server"); read by certctl.services.acme.
+    from certctl.services.acme import AcmeSettings  # imported here: services import this module
+
+    AcmeSettings.from_env(env)
 
 
 # (variable, default, minimum, maximum)

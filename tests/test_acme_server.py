@@ -473,3 +473,13 @@ async def test_disabled_server_answers_404(database_url: str, tmp_path: Path) ->
         assert hashlib.sha256(response.content).digest()  # a body is there
     finally:
         await stop_api(api, lifespan)
+
+
+def test_bad_acme_settings_stop_the_server_with_their_name() -> None:
+    from certctl.config import Settings, SettingsError
+
+    for name, value in (("CERTCTL_ACME_SERVER_NONCE_TTL", "soon"), ("CERTCTL_ACME_SERVER_ENABLED", "maybe"),
+                        ("CERTCTL_ACME_SERVER_EXTERNAL_URL", "https://acme.example.com/path"),
+                        ("CERTCTL_ACME_SERVER_RATE_LIMIT_ORDERS_PER_HOUR", "-1")):
+        with pytest.raises(SettingsError, match=name):
+            Settings.from_env({name: value})
