@@ -248,6 +248,8 @@ async def test_acme_orders_by_result(acme: Any) -> None:  # noqa: F811 - the fix
     assert count("valid") - before["valid"] == 1
     assert count("rate_limited") - before["rate_limited"] == 1
     assert metrics.sample("certctl_rate_limit_rejections_total", {"limiter": "acme"}) - limited_before == 1
+    finalize = {"route": "/acme/profile/{profile_id}/order/{order_id}/finalize", "method": "POST", "status": "200"}
+    assert metrics.sample("certctl_http_request_duration_seconds_count", finalize) >= 1  # the mount's prefix kept
 
 
 async def test_external_issuer_calls_are_timed(server_api: Api, pebble: Any) -> None:  # noqa: F811 - fixtures

@@ -48,7 +48,8 @@ def route_of(scope: Scope) -> str:
     route = scope.get("route")
     template = getattr(route, "path", None)
     if template:
-        return str(template)
+        # A mounted app's routes (the ACME server under /acme) are relative to the mount, which is in root_path.
+        return str(scope.get("root_path", "")) + str(template)
     path: str = scope.get("path", "")
     if path.startswith(_OCSP):  # answered by pki_status.OcspFastPath before the router
         return _OCSP + "{issuer_id}" + ("/{rest}" if "/" in path[len(_OCSP):] else "")
