@@ -19,7 +19,7 @@ import pytest
 
 from certctl.agent.client import ServerClient
 from certctl.agent.runner import AgentRunner
-from certctl.logs import JsonFormatter
+from certctl.logs import JsonFormatter, TextFormatter, request_id_var
 from certctl.observability import tracing
 from certctl.services.issuance import run_due_issuing_jobs
 from tests import factories
@@ -171,3 +171,21 @@ async def test_nothing_is_traced_without_an_endpoint(
         await stop_api(api, lifespan)
     access = [line for line in _lines(log_lines) if line["msg"] == "request"]
     assert access and not any("trace_id" in line for line in access)
+
+
+def test_text_lines_end_with_request_and_trace_ids(receiver: OtlpReceiver) -> None:
+    """CERTCTL_LOG_FORMAT=text: the same ids, as key=value at the end of the line."""
+    assert tracing.setup()
+    formatter = TextFormatter("%(levelname)s %(name)s %(message)s")
+    record = logging.LogRecord("certctl.test", logging.INFO, __file__, 1, "inside", (), None)
+    token = request_id_var.set("req-text-1")
+    try:
+        with tracing.span("work") as span:
+            line = formatter.format(record)
+            context = span.get_span_context()
+        outside = formatter.format(record)
+    finally:
+        request_id_var.reset(token)
+    assert line == (f"INFO certctl.test inside request_id=req-text-1 trace_id={context.trace_id:032x} "
+                    f"span_id={context.span_id:016x}")
+    assert outside == "INFO certctl.test inside request_id=req-text-1"
