@@ -198,7 +198,7 @@ def main() -> None:
     base = next((r for r in results if r["backend"] == "tokenbuckets"), None)
     print()
     print(f"{'backend':<13}{'dec/s':>10}{'p50 µs':>9}{'p95 µs':>9}{'p99 µs':>9}{'store%':>8}{'trips':>8}"
-          f"{'RSS MiB':>9}{'p50 x':>7}{'p99 x':>8}{'rate x':>8}{'RSS x':>7}")
+          f"{'RSS MiB':>9}{'p50 x':>7}{'p99 x':>10}{'rate x':>8}{'RSS x':>7}")
     for r in results:
         def ratio(name: str, r: dict[str, object] = r) -> str:
             if base is None or not base[name]:
@@ -206,7 +206,7 @@ def main() -> None:
             return f"{float(r[name]) / float(base[name]):.2f}"  # type: ignore[arg-type]
         print(f"{r['backend']:<13}{r['decisions_per_s']:>10}{r['p50_us']:>9}{r['p95_us']:>9}{r['p99_us']:>9}"
               f"{float(r['waited_for_store']) * 100:>7.1f}%{r['store_round_trips']:>8}{r['rss_peak_mib']:>9}"  # type: ignore[arg-type]
-              f"{ratio('p50_us'):>7}{ratio('p99_us'):>8}{ratio('decisions_per_s'):>8}{ratio('rss_peak_mib'):>7}")
+              f"{ratio('p50_us'):>7}{ratio('p99_us'):>10}{ratio('decisions_per_s'):>8}{ratio('rss_peak_mib'):>7}")
 
 
 if __name__ == "__main__":
