@@ -936,11 +936,10 @@ class AcmeService:
             cert_id, version_id = await self._store_issued(
                 conn, account, profile, order, issuer, ca.id, ca.chain_pem, leaf, csr_pem,
                 checked.key_algorithm.value, checked.key_size, common, now)
-            await acme_repo.update_order(conn, order_id, {
-                "status": A.VALID, "certificate_id": cert_id, "version_id": version_id, "updated_at": now})
+            changes = {"status": A.VALID, "certificate_id": cert_id, "version_id": version_id, "updated_at": now}
+            await acme_repo.update_order(conn, order_id, changes)
             authzs = await acme_repo.authz_ids_of_order(conn, order_id)
-            stored = await acme_repo.get_order(conn, order_id)
-        assert stored is not None
+        stored = {**dict(locked), **changes}
         if self._on_certificates_changed is not None:
             self._on_certificates_changed()
         metrics.acme_order("valid")
@@ -1020,11 +1019,10 @@ class AcmeService:
         """RFC 8555 §7.4.2: the leaf and its chain; only the account that ordered it may download it.
         Alternate 1 (when it differs) leaves the self-signed root out."""
         async with self._read() as conn:
-            version = await acme_repo.get_version(conn, version_id)
-            order = await acme_repo.order_of_version(conn, version_id) if version is not None else None
-        if version is None or order is None:
+            version = await acme_repo.version_with_owner(conn, version_id)
+        if version is None or version["account_id"] is None:
             raise AcmeProblem("malformed", "no such certificate", 404)
-        self._own(account, order)
+        self._own(account, version)
         chains = _chains(version["pem_chain"])
         if alternate >= len(chains):
             raise AcmeProblem("malformed", "no such alternate chain", 404)

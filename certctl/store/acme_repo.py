@@ -267,6 +267,15 @@ async def version_by_fingerprint(conn: AsyncConnection, fingerprint: str) -> Row
     return (await conn.execute(stmt, {"f": fingerprint})).mappings().first()
 
 
+async def version_with_owner(conn: AsyncConnection, version_id: str) -> Row | None:
+    """A version's chain and CA with the account of the order that produced it (NULL: not an ACME order)."""
+    v, o = certificate_versions.c, acme_orders.c
+    stmt = cached_statement(("acme_version_owner",), lambda: select(v.id, v.pem_chain, v.ca_id, o.account_id)
+                            .select_from(certificate_versions.outerjoin(acme_orders, o.version_id == v.id))
+                            .where(v.id == bindparam("v")).limit(1))
+    return (await conn.execute(stmt, {"v": version_id})).mappings().first()
+
+
 async def versions_by_serial(conn: AsyncConnection, serial: str) -> list[Row]:
     v = certificate_versions.c
     stmt = cached_statement(("acme_versions_by_serial",), lambda: select(certificate_versions).where(
