@@ -28,7 +28,8 @@ from tests import factories
 from tests.conftest import Api, make_settings, start_api, stop_api
 
 HMAC = "eab-hmac-very-secret-value-1234567890"
-ACME = {"directory_url": "https://acme.example.com/directory", "email": "pki@example.com",
+# A closed loopback port: the issuer test contacts the ACME directory, which fails at once and offline.
+ACME = {"directory_url": "https://127.0.0.1:9/directory", "email": "pki@example.com",
         "eab_kid": "kid-1", "eab_hmac": HMAC}
 
 
@@ -109,10 +110,11 @@ async def test_issuer_secret_is_sealed_redacted_and_never_audited(api: Api, capl
         await api.admin.get(f"/api/v1/issuers/{created['id']}"),
         await api.admin.get("/api/v1/issuers"),
         await api.admin.put(f"/api/v1/issuers/{created['id']}", json={"config": {**ACME, "eab_hmac": REDACTED}}),
-        await api.admin.post(f"/api/v1/issuers/{created['id']}/test"),
     ):
         assert response.status_code == 200, response.text
         assert HMAC not in response.text and "encrypted_config" not in response.text
+    tested = await api.admin.post(f"/api/v1/issuers/{created['id']}/test")  # the config opened; the CA is down
+    assert tested.status_code == 400 and "ACME server unreachable" in tested.text and HMAC not in tested.text
 
     assert HMAC not in await _all_audit_text(api)
     assert all(HMAC not in record.getMessage() and HMAC not in repr(record.__dict__) for record in caplog.records)
@@ -190,7 +192,8 @@ async def test_wrong_key_refuses_to_start(database_url: str, tmp_path: Path) -> 
     try:
         listed = (await running.admin.get("/api/v1/issuers")).json()["data"]
         acme = next(i for i in listed if i["type"] == "ACME")
-        assert (await running.admin.post(f"/api/v1/issuers/{acme['id']}/test")).status_code == 200
+        tested = await running.admin.post(f"/api/v1/issuers/{acme['id']}/test")  # a wrong key would be a 503
+        assert tested.status_code == 400 and "ACME server unreachable" in tested.json()["message"]
     finally:
         await stop_api(running, lifespan)
 
