@@ -292,6 +292,7 @@ class AcmeService:
         self._tasks = _Tasks()
         self._last_gc = 0.0
         self._validator = validator
+        self._issuing: tuple[float, Row, Any] | None = None
         # The shared rate limiter (an object with `async hit(key, limit, window_seconds)` answering a decision
         # with `allowed` and `retry_after`); None: no limits.
         self.limiter: Any = None
@@ -906,8 +907,7 @@ class AcmeService:
             order = self._expired(locked)
             if order["status"] != A.READY:
                 raise AcmeProblem("orderNotReady", f"the order is {order['status']}, not ready", 403)
-            issuer = await self._issuer(conn)
-            ca = await self.cas.issuing_ca(conn, issuer, create=False)
+            issuer, ca = await self._issuing_ca(conn)
             validity = self._validity(issuer, profile, order, now)
             wanted = [_general_name(i) for i in order["identifiers"]]
             try:
@@ -1134,6 +1134,17 @@ class AcmeService:
             await audit.record(conn, self.ctx.clock, actor, "acme_eab_key_deleted", "acme_eab_key", key_id, {})
 
     # ---- shared -------------------------------------------------------------------------------------
+    async def _issuing_ca(self, conn: Any) -> tuple[Row, Any]:
+        """The issuer row and its signing CA, read at most every 2 s per process (finalize is the hot path;
+        a disabled issuer or a new active CA is seen within that time)."""
+        now = time.monotonic()
+        if self._issuing is not None and now - self._issuing[0] < 2.0:
+            return self._issuing[1], self._issuing[2]
+        issuer = await self._issuer(conn)
+        ca = await self.cas.issuing_ca(conn, issuer, create=False)
+        self._issuing = (now, issuer, ca)
+        return issuer, ca
+
     async def _issuer(self, conn: Any) -> Row:
         """The one configured issuer (CERTCTL_ACME_SERVER_ISSUER_ID): never a pick among several."""
         issuer = await acme_repo.get_issuer(conn, self.settings.issuer_id)
