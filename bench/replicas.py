@@ -3,18 +3,18 @@ one and with two `certctl server` replicas on one PostgreSQL, then a rolling res
 open-loop run, with the failed requests counted.
 
     .venv/bin/python bench/seed_certs.py                   # once: the bench database
-    .venv/bin/python bench/replicas.py [--duration 15] [--rate 300] [--connections 32] [--skip-saturation]
+    .venv/bin/python bench/replicas.py [--duration 15] [--rate 300] [--restart-rate 50] [--skip-saturation]
 
 Each replica is `certctl server` with one worker (so two replicas use what `--workers 2` uses). haproxy (Debian
 package, private config, 127.0.0.1) terminates TLS in front and speaks HTTPS to the replicas, checks /ready every
-500 ms and retries a request on the other replica when its server refused the connection or closed it without an
-answer (the configuration of docs/operator/high-availability.md). Phases:
+second (three failures take a replica out) and retries a request on the other replica when its server refused the
+connection or closed it without an answer (the configuration of docs/operator/high-availability.md). Phases:
 
 1. one replica: wrk saturation (cert_list's Lua mix) and an open loop at --rate;
 2. two replicas: the same;
-3. rolling restart: two replicas, an open loop at --rate for max(20, 2 x --duration) s; after a third of it one
-   replica gets SIGTERM (it drains), is started again, and rejoins once haproxy sees /ready. Failed requests
-   (transport errors and non-2xx answers) are counted.
+3. rolling restart: two replicas, an open loop at --restart-rate (default 50 req/s, well within what one replica serves
+   alone) for max(20, 2 x --duration) s; after a third of it one replica gets SIGTERM (it drains), is started
+   again, and rejoins once haproxy sees /ready. Failed requests (transport errors and non-2xx answers) are counted.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ from bench.common import (
     running_server,
     use_uvloop,
 )
+from bench.common import _descendants as _descendants
 
 
 def free_port() -> int:
@@ -129,7 +130,7 @@ class Haproxy:
         cert, key = ensure_server_certificate(self.root, "127.0.0.1")
         pem = self.root / "front.pem"
         pem.write_text(cert.read_text() + key.read_text())
-        servers = "\n".join(f"  server {r.name} 127.0.0.1:{r.port} ssl verify none check inter 500ms fall 1 rise 2"
+        servers = "\n".join(f"  server {r.name} 127.0.0.1:{r.port} ssl verify none check inter 1s fall 3 rise 2"
                             for r in self.replicas)
         config = self.root / "haproxy.cfg"
         config.write_text(f"""global
@@ -138,6 +139,7 @@ class Haproxy:
 defaults
   mode http
   timeout connect 2s
+  timeout check 5s
   timeout client 30s
   timeout server 30s
   timeout http-keep-alive 10s
@@ -184,7 +186,8 @@ listen stats
             self.wait_state(replica.name, True)
 
     def pids(self) -> list[int]:
-        return [self.process.pid] if self.process else []
+        """The master and its worker (haproxy -W)."""
+        return [self.process.pid, *_descendants(self.process.pid)] if self.process else []
 
     def stop(self) -> None:
         if self.process is not None:
@@ -203,7 +206,7 @@ async def measure(name: str, replicas: list[Replica], args: argparse.Namespace) 
             saturate(group, database=args.database, duration=3, connections=args.connections,  # type: ignore[arg-type]
                      threads=len(WALK_SHAPES), profile=False)  # warm
             if not args.skip_saturation:
-                sat = saturate(group, database=args.database, duration=args.duration,  # type: ignore[arg-type]
+                sat = saturate(group, database=args.database, duration=int(args.duration),  # type: ignore[arg-type]
                                connections=args.connections, threads=len(WALK_SHAPES), profile=False)
                 result["saturation"] = {k: sat[k] for k in ("req_per_s", "latency_ms", "non_2xx", "errors",
                                                               "server_cpu_ms_per_req", "postgres_cpu_ms_per_req")}
@@ -237,20 +240,44 @@ async def rolling_restart(replicas: list[Replica], args: argparse.Namespace) -> 
         proxy.wait_state(victim.name, True)
         timeline["back_in_haproxy_s"] = time.monotonic() - started
 
+    # Every non-2xx answer: when (s from the start), and who gave it (haproxy's own pages are HTML, certctl's JSON).
+    refused: list[tuple[float, int, str]] = []
+    mix = list_mix(4)
+
+    def make(index: int) -> Any:
+        raw, then = mix(index)
+
+        def seen(status: int, body: bytes) -> None:
+            if not 200 <= status < 300:
+                source = "haproxy" if body.lstrip()[:1] == b"<" else "certctl"
+                refused.append((time.monotonic() - started, status, source))
+            if then is not None:
+                then(status, body)
+
+        return raw, seen
+
     try:
         started = time.monotonic()
         thread = threading.Thread(target=restart, name="restart")
         thread.start()
-        report = await open_loop("rolling restart", port=proxy.port, rate=args.rate, duration=duration,
-                                 make_request=list_mix(4))
+        report = await open_loop("rolling restart", port=proxy.port, rate=args.restart_rate, duration=duration,
+                                 make_request=make)
         thread.join()
     finally:
         proxy.stop()
     summary = report.summary()
     failed = summary["errors"] + sum(summary["non_2xx"].values())
+    window = (timeline.get("sigterm_s", 0.0), timeline.get("back_in_haproxy_s", duration) + 2)
+    by_window = {"before_sigterm": 0, "sigterm_to_back_in_haproxy_plus_2s": 0, "after": 0}
+    for when, _, _ in refused:
+        key = ("before_sigterm" if when < window[0] else
+               "sigterm_to_back_in_haproxy_plus_2s" if when <= window[1] else "after")
+        by_window[key] += 1
     result = {"open_loop": summary, "restart_timeline_s": {k: round(v, 2) for k, v in timeline.items()},
-              "failed_requests": failed}
-    print_json(f"rolling restart of one of two replicas during {duration:g} s at {args.rate:g} req/s", result)
+              "failed_requests": failed, "transport_errors": summary["errors"],
+              "non_2xx_by_source": {src: sum(1 for _, _, s in refused if s == src) for src in ("haproxy", "certctl")},
+              "non_2xx_by_window": by_window}
+    print_json(f"rolling restart of one of two replicas during {duration:g} s at {args.restart_rate:g} req/s", result)
     return result
 
 
@@ -259,6 +286,8 @@ async def main() -> None:
     parser.add_argument("--database", default=BENCH_DB)
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per load phase")
     parser.add_argument("--rate", type=float, default=300.0, help="open-loop rate, req/s")
+    parser.add_argument("--restart-rate", type=float, default=50.0,
+                        help="open-loop rate during the rolling restart (below what one replica can serve alone)")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--db-conns", type=int, default=16, help="CERTCTL_DATABASE_MAX_CONNS per replica")
     parser.add_argument("--skip-saturation", action="store_true")
@@ -302,7 +331,8 @@ async def main() -> None:
                                    p50_ms=loop["p50_ms"], p95_ms=loop["p95_ms"], p99_ms=loop["p99_ms"],
                                    throughput=loop["achieved_rate"], rss_mb=result["rss_peak_mb"]))
     loop = restart["open_loop"]
-    rows_out.append(result_row(f"list via haproxy, rolling restart of 1 of 2: {restart['failed_requests']} failed "
+    rows_out.append(result_row(f"list via haproxy, rolling restart of 1 of 2 at {args.restart_rate:g} req/s: "
+                               f"{restart['failed_requests']} failed "
                                f"of {loop['requests']}", p50_ms=loop["p50_ms"], p95_ms=loop["p95_ms"],
                                p99_ms=loop["p99_ms"], throughput=loop["achieved_rate"]))
     print_json("summary", {"rows": rows_out, "failed_requests_during_restart": restart["failed_requests"]})

@@ -40,7 +40,7 @@ KNOWN: dict[str, tuple[list[str], list[str]]] = {
     "rate_limit": (["--keys", "100000", "--backends", "tokenbuckets,postgresql"], []),
     "cert_list": (["--duration", "5", "--rate", "200", "--skip-explain", "--skip-demo"], ["--skip-explain"]),
     "cert_create": (["--duration", "5", "--rates", "100"], []),
-    "replicas": (["--duration", "5", "--rate", "200"], []),
+    "replicas": (["--duration", "5", "--rate", "100", "--skip-saturation"], []),
     "issuance": (["--count", "500", "--http-count", "600"], []),
     "ocsp_load": (["--duration", "3", "--warmup", "1", "--skip-openssl"], []),
     "agent_fleet": (["--agents", "1000", "--duration", "10"], []),
