@@ -3,6 +3,7 @@ EAB, key change, finalize checks, ownership, revocation, ARI and `replaces`. Rea
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 from collections.abc import AsyncIterator
@@ -239,6 +240,15 @@ async def test_account_lookup_update_and_deactivation(acme: Acme) -> None:
             "accountDoesNotExist", 400)
     problem(await stranger.register(contact=["tel:+1555"]), "unsupportedContact", 400)
     problem(await stranger.register(contact=["mailto:not an address"]), "invalidContact", 400)
+
+    # The same key registering twice at once: one account, both answers name it.
+    twin_a, twin_b = acme.client(), acme.client()
+    twin_b.key = twin_a.key
+    await twin_a.start()
+    await twin_b.start()
+    answers = await asyncio.gather(twin_a.register(), twin_b.register())
+    assert sorted(a.status_code for a in answers) == [200, 201]
+    assert answers[0].headers["Location"] == answers[1].headers["Location"]
 
     client = await acme.account()
     again = await client.post(client.directory["newAccount"], {"onlyReturnExisting": True}, use_jwk=True)

@@ -475,22 +475,26 @@ class AcmeService:
                         "new accounts")
         now = self.ctx.clock.now()
         account_id = _rand_id("acct")
-        async with self.ctx.db.transaction() as conn:
-            eab_key_id = await self._check_eab(conn, eab, profile_id, jwk, url, account_id, now) \
-                if eab is not None else None
-            values = {
-                "id": account_id, "profile_id": profile_id, "thumbprint": thumbprint, "jwk": jwk,
-                "status": A.VALID, "contact": contact, "terms_agreed": agreed, "eab_key_id": eab_key_id,
-                "created_at": now, "updated_at": now,
-            }
-            try:
+        try:
+            async with self.ctx.db.transaction() as conn:
+                eab_key_id = await self._check_eab(conn, eab, profile_id, jwk, url, account_id, now) \
+                    if eab is not None else None
+                values = {
+                    "id": account_id, "profile_id": profile_id, "thumbprint": thumbprint, "jwk": jwk,
+                    "status": A.VALID, "contact": contact, "terms_agreed": agreed, "eab_key_id": eab_key_id,
+                    "created_at": now, "updated_at": now,
+                }
                 await acme_repo.insert_account(conn, values)
-            except ConflictError:  # the same key registered concurrently: answer with that account
+                await audit.record(conn, self.ctx.clock, self._actor(account_id), "acme_account_created",
+                                   "acme_account", account_id,
+                                   {"profile_id": profile_id, "thumbprint": thumbprint, "contact": contact,
+                                    "eab_key_id": eab_key_id, "terms_agreed": agreed})
+        except ConflictError:  # the same key registered at the same moment: answer with that account
+            async with self._read() as conn:
+                raced = await acme_repo.account_by_thumbprint(conn, profile_id, thumbprint)
+            if raced is None:
                 raise
-            await audit.record(conn, self.ctx.clock, self._actor(account_id), "acme_account_created",
-                               "acme_account", account_id,
-                               {"profile_id": profile_id, "thumbprint": thumbprint, "contact": contact,
-                                "eab_key_id": eab_key_id, "terms_agreed": agreed})
+            return raced, False
         return values, True
 
     def _check_contact(self, raw: Any) -> list[str]:
