@@ -186,8 +186,43 @@ async def test_store_outage_falls_back_to_per_process_buckets(caplog: pytest.Log
     decisions = await _spend(limiter, "k", 3, 30.0, 4)
     assert [d.allowed for d in decisions] == [True, True, True, False]
     assert decisions[-1].retry_after == pytest.approx(10.0)
-    assert limiter.store_failures == 4
+    assert limiter.store_failures == 1  # then local for 5 s without asking
+    clock.now += 10.0
+    assert (await limiter.hit("k", 3, 30.0)).allowed  # the store is tried again; locally 10 s refilled a token
+    assert limiter.store_failures == 2
     assert sum("shared store is unavailable" in r.getMessage() for r in caplog.records) == 1  # once a minute
+    await limiter.aclose()
+
+
+class GatedStore:
+    name = "gated"
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+
+    async def lease(self, requests: Sequence[LeaseRequest]) -> list[LeaseResult]:
+        await self.gate.wait()
+        return [LeaseResult(request.want, 0.0) for request in requests]
+
+    async def purge(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_tokens_granted_after_the_caller_left_are_kept() -> None:
+    clock = FakeClock()
+    store = GatedStore()
+    limiter = RateLimits(store, clock=clock, wall=clock)
+    waiting = asyncio.create_task(limiter.hit("k", 100, 2.0))  # leases 10 tokens
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    store.gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await asyncio.sleep(0.01)
+    assert limiter._entries["k"].credit == 10
     await limiter.aclose()
 
 

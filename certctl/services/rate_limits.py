@@ -32,8 +32,9 @@ Design (docs/operations.md "Rate limits across replicas"):
 - **The local state is bounded**: an insertion-ordered dict of at most CERTCTL_RATE_LIMIT_LOCAL_KEYS (100,000)
   entries; the least recently leased are evicted (their unused tokens returned). A refusal is remembered
   locally until its Retry-After, so a client hammering a limit costs the store nothing.
-- **When the shared store fails**, decisions fall back to per-process buckets (the previous behaviour) and a
-  warning is logged at most once a minute: a Redis or database outage does not turn into refused requests.
+- **When the shared store fails**, decisions fall back to per-process buckets (the previous behaviour) for 5 s
+  before the store is tried again, and a warning is logged at most once a minute: a Redis or database outage
+  does not turn into refused or hanging requests (Redis calls time out after 2 s).
 
 A decision on a key with live leased tokens is a dict lookup and a subtraction (about 1 µs); the store round
 trip (Redis ~0.1-0.3 ms, PostgreSQL ~1 ms for a batch) is paid once per batch. bench/rate_limit.py measures it.
@@ -61,6 +62,7 @@ MAX_LEASE_SECONDS = 1.0
 MAX_KEYS_PER_ROUND_TRIP = 500
 MAX_PARALLEL_ROUND_TRIPS = 4
 PURGE_INTERVAL = 60.0  # seconds between deletions of refilled database buckets
+STORE_RETRY_SECONDS = 5.0  # after a failed round trip, decisions are local this long before the store is tried again
 REDIS_PREFIX = "certctl:rl:"
 
 
@@ -163,7 +165,8 @@ class RedisStore:
     def __init__(self, url: str, prefix: str = REDIS_PREFIX) -> None:
         import redis.asyncio
 
-        self.client: Any = redis.asyncio.Redis.from_url(url)
+        # Bounded waits: an unreachable Redis must fail fast so the limiter falls back instead of hanging requests.
+        self.client: Any = redis.asyncio.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self.prefix = prefix
         self.script = self.client.register_script(_LEASE_SCRIPT)
 
@@ -280,6 +283,7 @@ class RateLimits:
         self._batcher = _Batcher(store, wall)
         self._fallback: dict[str, tuple[float, float]] = {}  # key -> (tokens, time): used while the store is down
         self._warned_at = -math.inf
+        self._store_down_until = -math.inf  # after a failure, decide locally for STORE_RETRY_SECONDS
         self._background: set[asyncio.Task[None]] = set()
         self.store_failures = 0
 
@@ -357,6 +361,8 @@ class RateLimits:
             if entry.pending is not None:
                 await asyncio.shield(entry.pending)
                 continue
+            if now < self._store_down_until:
+                return self._local(key, limit, rate, cost)
             return await self._lease(key, entry, limit, rate, cost, now)
 
     async def _lease(self, key: str, entry: _Entry, limit: int, rate: float, cost: int, now: float) -> Decision:
@@ -369,11 +375,15 @@ class RateLimits:
         entry.pending = done
         # Recently leased keys are evicted last: move this one to the end of the insertion order.
         self._entries[key] = self._entries.pop(key)
+        leased = self._batcher.lease(LeaseRequest(key, limit, rate, want, cost, back))
         try:
-            result = await self._batcher.lease(LeaseRequest(key, limit, rate, want, cost, back))
+            result = await asyncio.shield(leased)
         except StoreUnavailable as exc:
             self._store_failed(exc)
             return self._local(key, limit, rate, cost)
+        except asyncio.CancelledError:  # the caller went away: the tokens the store grants are still ours
+            leased.add_done_callback(lambda landed: self._late_grant(entry, landed, rate))
+            raise
         finally:
             entry.pending = None
             done.set_result(None)
@@ -389,6 +399,14 @@ class RateLimits:
         wait = max(0.0, (cost - result.tokens) / rate)
         entry.blocked_until = now + wait
         return Decision(False, 0, wait)
+
+    def _late_grant(self, entry: _Entry, landed: asyncio.Future[LeaseResult], rate: float) -> None:
+        if landed.cancelled() or landed.exception() is not None:
+            return
+        granted = landed.result().granted
+        if granted:
+            entry.credit += granted
+            entry.expires = self.clock() + min(MAX_LEASE_SECONDS, entry.credit / rate)
 
     def _prefetch(self, key: str, entry: _Entry, limit: int, rate: float) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -416,6 +434,7 @@ class RateLimits:
     def _store_failed(self, exc: Exception) -> None:
         self.store_failures += 1
         now = self.clock()
+        self._store_down_until = now + STORE_RETRY_SECONDS
         if now - self._warned_at >= 60.0:
             self._warned_at = now
             log.warning("rate limits: the shared store is unavailable, deciding per process meanwhile: %s", exc)
