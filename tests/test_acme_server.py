@@ -227,6 +227,9 @@ async def test_jws_rules_refuse_bad_requests(acme: Acme) -> None:
     problem(await send({**base, "nonce": await client.nonce()}, headers={"Content-Type": "application/json"}),
             "malformed", 415)
     problem(await http.post(new_order, content=b"[1]", headers=JOSE), "malformed", 400)
+    problem(await http.post(new_order, content=b"x" * (65 * 1024), headers=JOSE), "malformed", 413)
+    nul = orjson.dumps({"identifiers": [{"type": "dns", "value": "a\u0000.example.com"}]})
+    problem(await send({**base, "nonce": await client.nonce()}, payload=nul), "malformed", 400)
     # Nothing was created by the refused requests: the two good orders only.
     listed = (await client.post((await client.post(client.kid or "", None)).json()["orders"], None)).json()
     assert len(listed["orders"]) == 2

@@ -188,6 +188,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, prepare: bool 
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_size)
     # OCSP is answered here, before the API layers it has no use for (see pki_status.OcspFastPath).
     app.add_middleware(pki_status.OcspFastPath)
+    app.add_middleware(acme_routes.AcmeFastPath)  # likewise for /acme/ (JWS-authenticated, see docs/acme.md)
     app.add_middleware(RequestContextMiddleware)
     app.add_middleware(TelemetryMiddleware)  # outermost: metrics and the request's span (observability.md)
     return app

@@ -98,6 +98,8 @@ class Jws:
         """The payload as a JSON object; `{}` for POST-as-GET."""
         if self.payload == b"":
             return {}
+        if b"\\u0000" in self.payload:  # PostgreSQL cannot store NUL in text; refused like the API does
+            raise malformed("the JWS payload contains a NUL character")
         try:
             value = orjson.loads(self.payload)
         except orjson.JSONDecodeError:
