@@ -208,7 +208,7 @@ def test_postgresql_restarted_under_load(tmp_path: Path, private_pg: PrivatePost
         assert answer.status == 503, (answer.op, answer.status, answer.body, answer.error)
         assert isinstance(answer.body, dict) and set(answer.body) == ERROR_SHAPE, answer.body
         assert "database" in answer.body["message"]
-    assert max(a.elapsed for a in answers) < 5, max(a.elapsed for a in answers)
+    assert max(a.elapsed for a in answers) < 8, max(a.elapsed for a in answers)  # the client gives up at 10 s
     assert not [a for a in answers if a.status >= 500 and a.status != 503]
     # Once /ready says so, every request succeeds again: the pool replaced its dead connections as they failed.
     settled = [a for a in answers if a.started > recovered_at]
