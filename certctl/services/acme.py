@@ -742,11 +742,10 @@ class AcmeService:
 
     async def order(self, account: Row, order_id: str) -> OrderView:
         async with self._read() as conn:
-            order = await acme_repo.get_order(conn, order_id)
-            if order is None:
-                raise AcmeProblem("malformed", "no such order", 404)
-            self._own(account, order)
-            authzs = await acme_repo.authz_ids_of_order(conn, order_id)
+            order, authzs = await acme_repo.order_with_authzs(conn, order_id)
+        if order is None:
+            raise AcmeProblem("malformed", "no such order", 404)
+        self._own(account, order)
         return OrderView(self._expired(order), authzs)
 
     def _expired(self, order: Row) -> Row:
@@ -763,11 +762,10 @@ class AcmeService:
     # ---- authorizations and challenges --------------------------------------------------------------
     async def authorization(self, account: Row, authz_id: str) -> AuthzView:
         async with self._read() as conn:
-            authz: Row | None = await acme_repo.get_authz(conn, authz_id)
-            if authz is None:
-                raise AcmeProblem("malformed", "no such authorization", 404)
-            self._own(account, authz)
-            challenges = await acme_repo.challenges_of_authz(conn, authz_id)
+            authz, challenges = await acme_repo.authz_with_challenges(conn, authz_id)
+        if authz is None:
+            raise AcmeProblem("malformed", "no such authorization", 404)
+        self._own(account, authz)
         if authz["status"] == A.PENDING and authz["expires_at"] <= self.ctx.clock.now():
             authz = {**dict(authz), "status": A.EXPIRED}
         return AuthzView(authz, challenges)

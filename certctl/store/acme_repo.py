@@ -168,6 +168,43 @@ async def authz_ids_of_order(conn: AsyncConnection, order_id: str) -> list[Row]:
     return list((await conn.execute(stmt, {"o": order_id})).mappings().all())
 
 
+async def order_with_authzs(
+    conn: AsyncConnection, order_id: str,
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """An order and its authorizations' (id, status, expires_at) in one statement."""
+    o, z = acme_orders.c, acme_authorizations.c
+    stmt = cached_statement(("acme_order_authzs",), lambda: select(
+        acme_orders, z.id.label("_authz_id"), z.status.label("_authz_status"),
+        z.expires_at.label("_authz_expires_at"),
+    ).select_from(acme_orders.outerjoin(acme_authorizations, z.order_id == o.id))
+        .where(o.id == bindparam("o")).order_by(z.id))
+    found = list((await conn.execute(stmt, {"o": order_id})).mappings().all())
+    if not found:
+        return None, []
+    order = {c.name: found[0][c.name] for c in acme_orders.c}
+    authzs = [{"id": r["_authz_id"], "status": r["_authz_status"], "expires_at": r["_authz_expires_at"]}
+              for r in found if r["_authz_id"] is not None]
+    return order, authzs
+
+
+async def authz_with_challenges(
+    conn: AsyncConnection, authz_id: str,
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """An authorization and its challenges in one statement."""
+    z, c = acme_authorizations.c, acme_challenges.c
+    stmt = cached_statement(("acme_authz_challs",), lambda: select(
+        acme_authorizations, *(col.label(f"_c_{col.name}") for col in acme_challenges.c),
+    ).select_from(acme_authorizations.outerjoin(acme_challenges, c.authz_id == z.id))
+        .where(z.id == bindparam("z")).order_by(c.id))
+    found = list((await conn.execute(stmt, {"z": authz_id})).mappings().all())
+    if not found:
+        return None, []
+    authz = {col.name: found[0][col.name] for col in acme_authorizations.c}
+    challenges = [{col.name: r[f"_c_{col.name}"] for col in acme_challenges.c}
+                  for r in found if r["_c_id"] is not None]
+    return authz, challenges
+
+
 async def order_ids_of_account(conn: AsyncConnection, account_id: str, *, after: str | None, limit: int) -> list[str]:
     o = acme_orders.c
     stmt = select(o.id).where(o.account_id == account_id)
