@@ -472,6 +472,7 @@ class AcmeFastPath:
         if scope["type"] == "http" and scope.get("path", "").startswith("/acme/"):
             match, child = self.mount.matches(scope)
             if match == Match.FULL:
-                await self.mount.handle({**scope, **child}, receive, send)
+                scope.update(child)  # in place, as Starlette's router does: outer layers read the matched route
+                await self.mount.handle(scope, receive, send)
                 return
         await self.app(scope, receive, send)
