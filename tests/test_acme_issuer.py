@@ -337,7 +337,7 @@ async def server_api(database_url: str, tmp_path: Path) -> AsyncIterator[Api]:
         await stop_api(running, lifespan)
 
 
-@pytest.mark.parametrize(("change", "problem"), [
+BAD_CONFIGS: list[tuple[dict[str, Any], str]] = [
     ({"challenge_type": "dns-01"}, "dns_present_script is required"),
     ({"dns_present_script": "relative/hook.sh", "challenge_type": "dns-01"}, "absolute program path"),
     ({"eab_kid": "kid-1"}, "eab_kid and eab_hmac must be set together"),
@@ -345,18 +345,28 @@ async def server_api(database_url: str, tmp_path: Path) -> AsyncIterator[Api]:
     ({"dns_propagation_wait": -1}, "dns_propagation_wait must be a number from 0 to 3600"),
     ({"ca_bundle_path": "ca.pem"}, "ca_bundle_path must be an absolute path"),
     ({"ari_enabled": "yes"}, "ari_enabled must be true or false"),
-])
-async def test_bad_acme_config_is_a_400_and_nothing_is_stored(api: Api, change: dict[str, Any], problem: str) -> None:
-    config = {"directory_url": "https://acme.example.com/dir", "email": "pki@example.com", **change}
+]
+
+
+async def test_bad_acme_config_is_a_400_and_nothing_is_stored(api: Api) -> None:
     async with api.services.ctx.db.read() as conn:
         before = await rows.count_rows(conn, issuers)
-    response = await api.admin.post("/api/v1/issuers", json={"name": "bad-acme", "type": "ACME", "config": config})
-    assert response.status_code == 400, response.text
-    body = response.json()
-    assert body["error"] == "Bad Request" and problem in body["message"], body
-    assert "not base64!" not in body["message"]  # never echoes a value
+    for change, problem in BAD_CONFIGS:
+        config = {"directory_url": "https://acme.example.com/dir", "email": "pki@example.com", **change}
+        response = await api.admin.post("/api/v1/issuers", json={"name": "bad-acme", "type": "ACME", "config": config})
+        assert response.status_code == 400, response.text
+        body = response.json()
+        assert body["error"] == "Bad Request" and problem in body["message"] and body["request_id"], body
+        assert "not base64!" not in body["message"]  # never echoes a value
+    # an update to a bad config is refused the same way and leaves the stored config as it was
+    good = await factories.issuer(api.admin, type="ACME", config={"directory_url": "https://acme.example.com/dir",
+                                                                   "email": "pki@example.com"})
+    refused = await api.admin.put(f"/api/v1/issuers/{good['id']}", json={"config": {
+        "directory_url": "https://acme.example.com/dir", "email": "pki@example.com", "challenge_type": "dns-01"}})
+    assert refused.status_code == 400 and "dns_present_script is required" in refused.json()["message"]
+    assert (await api.admin.get(f"/api/v1/issuers/{good['id']}")).json()["config"] == good["config"]
     async with api.services.ctx.db.read() as conn:
-        assert await rows.count_rows(conn, issuers) == before
+        assert await rows.count_rows(conn, issuers) == before + 1
         assert await rows.count_rows(conn, acme_client_accounts) == 0
 
 
