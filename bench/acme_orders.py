@@ -45,12 +45,16 @@ if __package__ in (None, ""):  # run as `python bench/acme_orders.py`
 
 from bench.common import (
     BENCH_KEY,
+    add_json_flag,
+    bench_result,
     cpu_seconds,
     create_database,
+    json_mode,
     machine,
     percentile,
     pg_url,
     print_json,
+    result_row,
     running_server,
     use_uvloop,
 )
@@ -327,6 +331,9 @@ async def main_async(args: argparse.Namespace) -> None:
                           "pebble_cpu_ms_per_order": theirs["server_cpu_ms_per_order"],
                           "errors": ours["errors"] + theirs["errors"]})
     print_json("summary (certctl / pebble)", {"rows": table})
+    bench_result([result_row(f"ACME complete orders, {r['mode']}, {r['clients']} clients",
+                             p95_ms=r["certctl_flow_p95_ms"], throughput=r["certctl_orders_per_s"], unit="orders/s",
+                             baseline="pebble, same driver (orders/s)", ratio=r["ratio"]) for r in table])
 
 
 def main() -> None:
@@ -339,7 +346,9 @@ def main() -> None:
     parser.add_argument("--pebble-port", type=int, default=14000)
     parser.add_argument("--modes", default="trusted,http-01")
     parser.add_argument("--env", action="append", default=[], help="extra CERTCTL_*=value for the server")
+    add_json_flag(parser)
     args = parser.parse_args()
+    json_mode(args)
     use_uvloop()
     asyncio.run(main_async(args))
 

@@ -33,7 +33,19 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import CONFIG_KEY, REPO, certctl_command, create_database, machine, pg_url, print_json
+from bench.common import (
+    CONFIG_KEY,
+    REPO,
+    add_json_flag,
+    bench_result,
+    certctl_command,
+    create_database,
+    json_mode,
+    machine,
+    pg_url,
+    print_json,
+    result_row,
+)
 
 PASSPHRASE = "bench-backup-passphrase-0123456789"
 
@@ -108,7 +120,9 @@ async def main() -> None:
     parser.add_argument("--database", default="certctl_bench_backup")
     parser.add_argument("--reseed", action="store_true")
     parser.add_argument("--skip-restore", action="store_true")
+    add_json_flag(parser)
     args = parser.parse_args()
+    json_mode(args)
     url = pg_url(args.database)
 
     if args.reseed or await certificate_count(url) != args.rows:
@@ -148,6 +162,15 @@ async def main() -> None:
             await admin.close()
     archive.unlink()
     print_json("backup", figures)
+    rows = [result_row(f"backup create, {args.rows:,} certificates: {figures['create']['seconds']} s, archive "
+                       f"{figures['archive_mb']} MB", rss_mb=figures["create"]["peak_rss_mb"]),
+            result_row(f"backup verify, {args.rows:,} certificates: {figures['verify']['seconds']} s",
+                       rss_mb=figures["verify"]["peak_rss_mb"], baseline="target 120 s",
+                       ratio=round(120 / max(figures["verify"]["seconds"], 0.1), 2))]
+    if "restore" in figures:
+        rows.append(result_row(f"backup restore, {args.rows:,} certificates: {figures['restore']['seconds']} s",
+                               rss_mb=figures["restore"]["peak_rss_mb"]))
+    bench_result(rows)
 
 
 if __name__ == "__main__":

@@ -183,6 +183,7 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=2.0)
     parser.add_argument("--backends", default="tokenbuckets,postgresql,redis")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", help="also print the result as one JSON line, last")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(asyncio.run(run_one(args.child, args))), flush=True)
@@ -207,6 +208,15 @@ def main() -> None:
         print(f"{r['backend']:<13}{r['decisions_per_s']:>10}{r['p50_us']:>9}{r['p95_us']:>9}{r['p99_us']:>9}"
               f"{float(r['waited_for_store']) * 100:>7.1f}%{r['store_round_trips']:>8}{r['rss_peak_mib']:>9}"  # type: ignore[arg-type]
               f"{ratio('p50_us'):>7}{ratio('p99_us'):>10}{ratio('decisions_per_s'):>8}{ratio('rss_peak_mib'):>7}")
+    if args.json:
+        from bench.common import RESULT_MARK, result_row
+
+        rows = [result_row(f"rate-limit decision, {args.keys:,} keys, {r['backend']}: p50/p95/p99 {r['p50_us']}/"
+                           f"{r['p95_us']}/{r['p99_us']} µs", throughput=r["decisions_per_s"],  # type: ignore[arg-type]
+                           unit="decisions/s", rss_mb=r["rss_peak_mib"],  # type: ignore[arg-type]
+                           baseline="target p50 50 µs", ratio=round(50 / max(float(r["p50_us"]), 0.01), 1))  # type: ignore[arg-type]
+                for r in results]
+        print(RESULT_MARK + json.dumps({"rows": rows}), flush=True)
 
 
 if __name__ == "__main__":
