@@ -15,6 +15,7 @@ ARI windows (RFC 9773) and telling the CA about revocations.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import re
@@ -147,27 +148,33 @@ class IssuerConnectors:
             })
         return window
 
-    async def refresh_renewal_info(self, *, limit: int = 200) -> int:
-        """Ask the CA again for the windows whose Retry-After has passed; returns how many were asked."""
+    async def refresh_renewal_info(self, *, limit: int = 200, concurrency: int = 10) -> int:
+        """Ask the CA again for the windows whose Retry-After has passed (at most `concurrency` fetches at once, so
+        a slow CA cannot hold the scan for limit x timeout); returns how many were asked."""
         now = self.ctx.clock.now()
         async with self.ctx.db.read() as conn:
             due = await acme_client_repo.renewal_info_due_for_check(conn, now=now, statuses=_LIVE, limit=limit)
-        for row in due:
-            async with self.ctx.db.read() as conn:
-                issuer = await rows.get_row(conn, issuers, row["issuer_id"])
-            window: RenewalWindow | None = None
-            if issuer is not None and self.handles(issuer["type"]):
-                try:
-                    window = await self.for_issuer(issuer).renewal_info(leaf_of(row["pem_chain"]))
-                except CertctlError as exc:
-                    log.warning("ARI fetch failed", extra={"certificate_id": row["certificate_id"],
-                                                           "error": exc.message})
-            values: dict[str, Any] = {"next_check_at": self._next_check(window, now), "checked_at": now}
-            if window is not None:
-                values.update(window_start=window.start, window_end=window.end, renew_at=self._pick(window, row),
-                              explanation_url=window.explanation_url)
-            async with self.ctx.db.transaction() as conn:
-                await acme_client_repo.update_renewal_info(conn, row["version_id"], values)
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(row: Mapping[Any, Any]) -> None:
+            async with gate:
+                async with self.ctx.db.read() as conn:
+                    issuer = await rows.get_row(conn, issuers, row["issuer_id"])
+                window: RenewalWindow | None = None
+                if issuer is not None and self.handles(issuer["type"]):
+                    try:
+                        window = await self.for_issuer(issuer).renewal_info(leaf_of(row["pem_chain"]))
+                    except CertctlError as exc:
+                        log.warning("ARI fetch failed", extra={"certificate_id": row["certificate_id"],
+                                                               "error": exc.message})
+                values: dict[str, Any] = {"next_check_at": self._next_check(window, now), "checked_at": now}
+                if window is not None:
+                    values.update(window_start=window.start, window_end=window.end,
+                                  renew_at=self._pick(window, row), explanation_url=window.explanation_url)
+                async with self.ctx.db.transaction() as conn:
+                    await acme_client_repo.update_renewal_info(conn, row["version_id"], values)
+
+        await asyncio.gather(*(one(row) for row in due))
         return len(due)
 
     async def replaces_for(self, issuer: Mapping[Any, Any], certificate_id: str) -> str | None:
