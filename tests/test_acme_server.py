@@ -496,3 +496,18 @@ def test_bad_acme_settings_stop_the_server_with_their_name() -> None:
                         ("CERTCTL_ACME_SERVER_RATE_LIMIT_ORDERS_PER_HOUR", "-1")):
         with pytest.raises(SettingsError, match=name):
             Settings.from_env({name: value})
+
+
+async def test_gc_expires_orders_and_forgets_spent_nonces(acme: Acme) -> None:
+    client = await acme.account(directory=CHALLENGE_DIRECTORY)
+    order = (await client.order("late.example.com")).json()
+    order_url = order["finalize"].removesuffix("/finalize")
+    acme.clock.advance(timedelta(hours=25))
+    swept = await acme.api.services.acme.gc()
+    assert swept == {"orders": 1, "nonces": 2, "revalidated": 0}  # both spent nonces are past their expiry
+    client._nonce = None  # the last one handed out expired too
+    body = (await client.post(order_url, None)).json()
+    assert body["status"] == "invalid"
+    authz = (await client.post(order["authorizations"][0], None)).json()
+    assert authz["status"] == "expired"
+    problem(await client.post(authz["challenges"][0]["url"], {}), "malformed", 400)  # too late to answer
