@@ -221,7 +221,7 @@ async def test_jws_rules_refuse_bad_requests(acme: Acme) -> None:
     # Signed by another key than the account's.
     problem(await send({**base, "nonce": await client.nonce()}, key=new_key()), "malformed", 400)
     # A kid of another profile is no account here.
-    other = base["kid"].replace("/p-acme/", "/p-chal/")  # type: ignore[union-attr]
+    other = base["kid"].replace("/p-acme/", "/p-chal/")
     problem(await send({**base, "kid": other, "nonce": await client.nonce()}), "accountDoesNotExist", 400)
     # Content-Type must be application/jose+json; the body must be a flattened JWS.
     problem(await send({**base, "nonce": await client.nonce()}, headers={"Content-Type": "application/json"}),
