@@ -17,6 +17,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from certctl.observability import metrics, tracing
@@ -50,10 +51,40 @@ def route_of(scope: Scope) -> str:
     if template:
         # A mounted app's routes (the ACME server under /acme) are relative to the mount, which is in root_path.
         return str(scope.get("root_path", "")) + str(template)
+    endpoint = scope.get("endpoint")
+    if endpoint is not None:  # a plain Starlette route (no `route` in the scope): found by its endpoint
+        found = _templates(scope.get("app")).get(endpoint)
+        if found:
+            return found
     path: str = scope.get("path", "")
     if path.startswith(_OCSP):  # answered by pki_status.OcspFastPath before the router
         return _OCSP + "{issuer_id}" + ("/{rest}" if "/" in path[len(_OCSP):] else "")
     return "unmatched"
+
+
+_TEMPLATES: dict[int, dict[Any, str]] = {}
+
+
+def _templates(app: Any) -> dict[Any, str]:
+    """Endpoint -> full path template of every route of the app, mounts included; built once per app."""
+    if app is None:
+        return {}
+    found = _TEMPLATES.get(id(app))
+    if found is None:
+        found = {}
+        _walk(getattr(app, "routes", ()), "", found)
+        if len(_TEMPLATES) > 64:  # tests build many apps in one process
+            _TEMPLATES.clear()
+        _TEMPLATES[id(app)] = found
+    return found
+
+
+def _walk(routes: Any, prefix: str, found: dict[Any, str]) -> None:
+    for route in routes:
+        if isinstance(route, Mount):
+            _walk(route.routes, prefix + route.path, found)
+        elif isinstance(route, Route):
+            found.setdefault(route.endpoint, prefix + route.path)
 
 
 def _limiter(path: str) -> str:
