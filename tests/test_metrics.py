@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +22,7 @@ from tests.conftest import Api, make_settings, start_api, stop_api
 from tests.test_acme_issuer import _acme_certificate, _renew_and_run, pebble, server_api  # noqa: F401 - fixtures
 from tests.test_acme_server import acme  # noqa: F401 - the ACME server fixture
 from tests.test_agent_credentials import _bearer, _deployment_job, _enrol
-from tests.test_server_process import Server, _env, printed_key
+from tests.test_server_process import CERTCTL, Server, _env, printed_key
 
 REFERENCE = Path("/work/shared/spec/reference-openapi.yaml")
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -190,12 +192,32 @@ async def test_rate_limit_rejections_are_counted(database_url: str, tmp_path: Pa
         await stop_api(api, lifespan)
 
 
+class PatientServer(Server):
+    """A server whose start may take up to three minutes: two workers importing the app on a loaded 2-core machine."""
+
+    def start(self) -> str:
+        self.starts += 1
+        n = self.starts
+        with self.out(n).open("wb") as out, self.err(n).open("wb") as err:
+            self.proc = subprocess.Popen(
+                [str(CERTCTL), "server", "--data-dir", str(self.data_dir), "--port", str(self.port), *self.args],
+                env=self.env, stdout=out, stderr=err,
+            )
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"server exited early: {self.err(n).read_text()[-3000:]}"
+            if self.ca.exists() and self.curl("/health", check=False).returncode == 0:
+                return self.out(n).read_text()
+            time.sleep(0.3)
+        raise AssertionError(f"server did not become healthy: {self.err(n).read_text()[-3000:]}")
+
+
 @pytest.mark.slow
 def test_two_workers_add_up_in_every_scrape(tmp_path: Path) -> None:
     """A real `certctl server --workers 2`: requests land on both workers, every scrape counts all of them."""
     multiproc = tmp_path / "prom"
-    server = Server(tmp_path / "data", _env(PROMETHEUS_MULTIPROC_DIR=str(multiproc), CERTCTL_LOG_LEVEL="debug"),
-                    args=["--workers", "2"])
+    server = PatientServer(tmp_path / "data", _env(PROMETHEUS_MULTIPROC_DIR=str(multiproc),
+                                                   CERTCTL_LOG_LEVEL="debug"), args=["--workers", "2"])
     try:
         key = printed_key(server.start())
         sent = 0
