@@ -197,8 +197,9 @@ class PrivatePostgres:
 class Balancer:
     """haproxy (Debian package) in the foreground with a private config: plain HTTP on 127.0.0.1 in front, HTTPS to
     each `certctl server` behind it (their generated certificates are trusted through `ca_files`), health checks on
-    /ready every 300 ms, and a retry on another server for a request that found its server gone before any answer
-    (connection refused or closed, empty answer), as the high-availability guide configures it."""
+    /ready every 500 ms (a slow answer fails after 5 s; three failures take a server out: a replica starved of CPU
+    on a loaded test machine stays in), and a retry on another server for a request that found its server gone
+    before any answer (connection refused or closed, empty answer), as the high-availability guide configures it."""
 
     def __init__(self, root: Path, backends: list[tuple[str, int, Path]]) -> None:
         self.root = root
@@ -217,7 +218,7 @@ class Balancer:
     def write_config(self) -> None:
         servers = "\n".join(
             f"  server {name} 127.0.0.1:{port} ssl verify required ca-file {ca} verifyhost localhost "
-            f"check inter 300ms fall 2 rise 2"
+            f"check inter 500ms fall 3 rise 2"
             for name, port, ca in self.backends
         )
         self.config.write_text(f"""global
@@ -229,7 +230,7 @@ defaults
   option httplog
   option dontlognull
   timeout connect 2s
-  timeout check 3s
+  timeout check 5s
   timeout client 30s
   timeout server 30s
   timeout http-keep-alive 5s
