@@ -53,7 +53,10 @@ def route_of(scope: Scope) -> str:
         return str(scope.get("root_path", "")) + str(template)
     endpoint = scope.get("endpoint")
     if endpoint is not None:  # a plain Starlette route (no `route` in the scope): found by its endpoint
-        found = _templates(scope.get("app")).get(endpoint)
+        try:
+            found = _templates(scope.get("app")).get(endpoint)
+        except TypeError:  # not hashable: a mounted Router whose routes matched nothing (a 404 under /acme)
+            found = None
         if found:
             return found
     path: str = scope.get("path", "")
