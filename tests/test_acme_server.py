@@ -511,3 +511,33 @@ async def test_gc_expires_orders_and_forgets_spent_nonces(acme: Acme) -> None:
     authz = (await client.post(order["authorizations"][0], None)).json()
     assert authz["status"] == "expired"
     problem(await client.post(authz["challenges"][0]["url"], {}), "malformed", 400)  # too late to answer
+
+
+async def test_two_replicas_share_nonces_and_spend_each_once(acme: Acme, database_url: str, tmp_path: Path) -> None:
+    """A nonce from one replica is good on the other (same configuration key), and only once on either."""
+    settings = make_settings(database_url, tmp_path / "replica", extra={
+        "CERTCTL_ACME_SERVER_ENABLED": "true", "CERTCTL_ACME_SERVER_DEFAULT_PROFILE_ID": "p-acme"})
+    other, lifespan = await start_api(settings)
+    try:
+        client = await acme.account()
+        new_order = client.directory["newOrder"]
+        body = orjson.dumps({"identifiers": [{"type": "dns", "value": "replica.example.com"}]})
+
+        def signed(nonce: str) -> bytes:
+            return orjson.dumps(jws(client.key, {"alg": "ES256", "kid": client.kid, "url": new_order,
+                                                 "nonce": nonce}, body))
+
+        from_other = (await other.anon.head(client.directory["newNonce"])).headers["Replay-Nonce"]
+        assert (await acme.api.anon.post(new_order, content=signed(from_other), headers=JOSE)).status_code == 201
+        problem(await other.anon.post(new_order, content=signed(from_other), headers=JOSE), "badNonce", 400)
+        # The same request sent to both replicas at once: exactly one of them accepts it. (A new account
+        # each time: the fixture allows an account three pending orders.)
+        for _ in range(3):
+            client = await acme.account()
+            new_order = client.directory["newOrder"]
+            raw = signed(await client.nonce())
+            answers = await asyncio.gather(*(replica.anon.post(new_order, content=raw, headers=JOSE)
+                                             for replica in (acme.api, other)))
+            assert sorted(a.status_code for a in answers) == [201, 400]
+    finally:
+        await stop_api(other, lifespan)
