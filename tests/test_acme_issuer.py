@@ -32,8 +32,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from sqlalchemy import select, text
 
-from certctl.connectors.issuers.acme import AcmeIssuer, StoredAccount, ari_cert_id
-from certctl.connectors.issuers.base import IssueRequest, IssuerError, RevokeRequest
+from certctl.connectors.issuers.acme import AcmeIssuer, ari_cert_id
+from certctl.connectors.issuers.base import IssueRequest, IssuerError, RevokeRequest, StoredAccount
 from certctl.domain.clock import FakeClock
 from certctl.services.issuance import run_due_issuing_jobs
 from certctl.store import acme_client_repo, rows

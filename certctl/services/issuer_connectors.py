@@ -23,8 +23,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from certctl.connectors.issuers.acme import StoredAccount
-from certctl.connectors.issuers.base import IssuerConnector, IssueResult, RenewalWindow, RevokeRequest
+from certctl.connectors.issuers.base import IssuerConnector, IssueResult, RenewalWindow, RevokeRequest, StoredAccount
 from certctl.connectors.issuers.registry import ISSUER_CONNECTORS, IssuerDeps, create_issuer, has_connector
 from certctl.domain.actor import Actor
 from certctl.domain.enums import CertificateStatus

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import requests
@@ -55,6 +55,7 @@ from josepy.jwk import JWK, JWKEC
 
 from certctl.connectors.issuers import http01
 from certctl.connectors.issuers.base import (
+    AccountStore,
     IssuerConnector,
     IssueRequest,
     IssuerError,
@@ -75,26 +76,6 @@ _PERMANENT = {"rejectedIdentifier", "caa", "unsupportedIdentifier", "badCSR", "b
               "externalAccountRequired", "userActionRequired", "malformed", "unauthorized"}
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _B64URL = re.compile(r"^[A-Za-z0-9_-]+={0,2}$")
-
-
-# ---- account persistence (implemented by the service; the connector never touches the store) ----------
-@dataclass(frozen=True)
-class StoredAccount:
-    directory_url: str
-    key_pem: str = field(repr=False)
-    account_url: str | None = None
-
-
-class AccountStore(Protocol):
-    async def load(self, directory_url: str) -> StoredAccount | None:
-        """The account of this issuer at this directory, if one was made."""
-
-    async def create(self, directory_url: str, key_pem: str, contact: str) -> StoredAccount:
-        """Store a new key (before registering); returns the stored account, which is another process's
-        when it stored one first."""
-
-    async def registered(self, directory_url: str, account_url: str) -> None:
-        """Remember the account URL the CA gave the key."""
 
 
 # ---- config ---------------------------------------------------------------------------------------------

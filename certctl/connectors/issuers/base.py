@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from certctl.domain.errors import CertctlError, NotSupportedError
 
@@ -98,3 +98,24 @@ class IssuerConnector(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release what the connector holds (sessions, listeners)."""
+
+
+# ---- account persistence (for CAs with accounts, such as ACME; implemented by the service: a connector never
+# touches the store)
+@dataclass(frozen=True)
+class StoredAccount:
+    directory_url: str
+    key_pem: str = field(repr=False)
+    account_url: str | None = None
+
+
+class AccountStore(Protocol):
+    async def load(self, directory_url: str) -> StoredAccount | None:
+        """The account of this issuer at this directory, if one was made."""
+
+    async def create(self, directory_url: str, key_pem: str, contact: str) -> StoredAccount:
+        """Store a new key (before registering); returns the stored account, which is another process's
+        when it stored one first."""
+
+    async def registered(self, directory_url: str, account_url: str) -> None:
+        """Remember the account URL the CA gave the key."""

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from certctl.connectors.issuers.acme import AccountStore, AcmeIssuer, parse_config
-from certctl.connectors.issuers.base import IssuerConnector, IssuerNotSupported
+from certctl.connectors.issuers.base import AccountStore, IssuerConnector, IssuerNotSupported
 
 
 @dataclass(frozen=True)
@@ -24,16 +23,26 @@ class IssuerDeps:
     now: Callable[[], datetime] | None = None
 
 
+# The ACME connector module loads certbot's `acme` library (with requests and pyOpenSSL, ~30 MB per process):
+# imported when an ACME issuer is first checked or used, not by every server worker at start.
+def _acme_config(config: Mapping[str, Any]) -> object:
+    from certctl.connectors.issuers.acme import parse_config
+
+    return parse_config(config)
+
+
 def _acme(config: Mapping[str, Any], deps: IssuerDeps) -> IssuerConnector:
     if deps.accounts is None:
         raise IssuerNotSupported("an ACME issuer needs an account store")
+    from certctl.connectors.issuers.acme import AcmeIssuer
+
     return AcmeIssuer(config, accounts=deps.accounts, now=deps.now)
 
 
 # type -> (config check, constructor)
 ISSUER_CONNECTORS: dict[str, tuple[Callable[[Mapping[str, Any]], object],
                                    Callable[[Mapping[str, Any], IssuerDeps], IssuerConnector]]] = {
-    "ACME": (parse_config, _acme),
+    "ACME": (_acme_config, _acme),
 }
 
 
