@@ -53,8 +53,9 @@ def _mixed_step(refs: dict[str, str]) -> Any:
 
 
 def _lease_events(server: Server) -> list[tuple[datetime, str, str, str]]:
-    """(time, event, loop, holder) for every lease taken or lost, plus (time, 'stopped', '', holder) at the end
-    of each start that stopped cleanly, from the replica's JSON logs."""
+    """(time, event, loop, holder) for every lease taken, lost or released at shutdown (a release counts as
+    'lost'), plus (time, 'stopped', '', holder) at the end of each start that stopped cleanly, from the
+    replica's JSON logs."""
     events = []
     for n in range(1, server.starts + 1):
         holder = ""
@@ -66,6 +67,8 @@ def _lease_events(server: Server) -> list[tuple[datetime, str, str, str]]:
             last = datetime.fromisoformat(entry["time"])
             if entry["msg"] in ("scheduler lease taken", "scheduler lease lost"):
                 events.append((last, entry["msg"].rsplit(" ", 1)[1], entry["loop"], entry["holder"]))
+            elif entry["msg"] == "scheduler releasing leases":  # at shutdown, logged just before the release
+                events.extend((last, "lost", loop, entry["holder"]) for loop in entry["loops"])
             elif entry["msg"] == "scheduler started":
                 holder = entry["holder"]
         if holder and last is not None:

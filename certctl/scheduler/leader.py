@@ -70,5 +70,7 @@ class LeaderLock:
         names = list(self._held)
         self._held.clear()
         if names:
+            # Logged before the release: from this line on, another server may take these leases.
+            log.info("scheduler releasing leases", extra={"loops": names, "holder": self.holder})
             async with self.db.transaction() as conn:
                 await leases_repo.release(conn, names, self.holder)
