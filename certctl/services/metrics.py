@@ -9,10 +9,10 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-from certctl.domain.enums import NON_TERMINAL_JOB_STATUSES, CertificateStatus, JobStatus
+from certctl.domain.enums import NON_TERMINAL_JOB_STATUSES, CertificateStatus
 from certctl.observability.metrics import QueueDepth, StateSnapshot, server_started_at
 from certctl.services.context import ServiceContext
-from certctl.services.stats import AGENT_ACTIVE_WINDOW, EXPIRING_WINDOW
+from certctl.services.stats import canonical_status_counts, inventory_counts
 from certctl.store import metrics_repo, stats_repo
 
 
@@ -23,26 +23,10 @@ class MetricsService:
     async def snapshot(self) -> StateSnapshot:
         now = self.ctx.clock.now()
         async with self.ctx.db.read() as conn:
-            certs = await stats_repo.certificate_summary(
-                conn, now=now, expiring_before=now + EXPIRING_WINDOW,
-                archived=CertificateStatus.ARCHIVED.value, revoked=CertificateStatus.REVOKED.value,
-                expired=CertificateStatus.EXPIRED.value,
-            )
-            by_status_raw = await stats_repo.certificates_by_status(conn)
-            agent_counts = await stats_repo.agent_summary(conn, active_since=now - AGENT_ACTIVE_WINDOW)
-            job_counts = await stats_repo.job_summary(
-                conn, pending=[s.value for s in NON_TERMINAL_JOB_STATUSES],
-                failed=JobStatus.FAILED.value, completed=JobStatus.COMPLETED.value,
-            )
-            dead = await stats_repo.notifications_with_status(conn, "dead")
+            counts = await inventory_counts(conn, now)
+            by_status = canonical_status_counts(await stats_repo.certificates_by_status(conn))
             queue = await metrics_repo.job_queue(conn, [s.value for s in NON_TERMINAL_JOB_STATUSES])
-        by_status: dict[str, int] = {}
-        for status, count in by_status_raw:
-            try:  # old rows may carry another spelling (reference bug 13)
-                name = CertificateStatus.parse(status).value
-            except ValueError:
-                name = status
-            by_status[name] = by_status.get(name, 0) + count
+        certs, agent_counts, job_counts = counts.certificates, counts.agents, counts.jobs
         started_at = server_started_at()
         return StateSnapshot(
             certificate_total=certs["total"],
@@ -55,7 +39,7 @@ class MetricsService:
             job_pending=job_counts["pending"],
             job_completed_total=job_counts["completed"],
             job_failed_total=job_counts["failed"],
-            notification_dead_total=dead,
+            notification_dead_total=counts.dead_notifications,
             certificates_by_status=by_status,
             queue=[
                 QueueDepth(t, s, n, max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0)

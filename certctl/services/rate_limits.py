@@ -179,7 +179,7 @@ class RedisStore:
         return [LeaseResult(int(granted), float(tokens)) for granted, tokens in out]
 
     async def purge(self) -> None:
-        pass  # every hash expires when its bucket is full
+        """Nothing to purge: the lease script sets each bucket key to expire when the bucket would be full again."""
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -38,6 +38,43 @@ REUSE_SECONDS = 5.0
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class InventoryCounts:
+    """The inventory's headline figures: the dashboard summary and the metrics endpoints both report them."""
+
+    certificates: dict[str, int]  # total, expiring, expired, revoked
+    agents: dict[str, int]  # total, active, offline
+    jobs: dict[str, int]  # pending, completed, failed
+    dead_notifications: int
+
+
+async def inventory_counts(conn: Any, now: datetime) -> InventoryCounts:
+    certs = await stats_repo.certificate_summary(
+        conn, now=now, expiring_before=now + EXPIRING_WINDOW,
+        archived=CertificateStatus.ARCHIVED.value, revoked=CertificateStatus.REVOKED.value,
+        expired=CertificateStatus.EXPIRED.value,
+    )
+    agents = await stats_repo.agent_summary(conn, active_since=now - AGENT_ACTIVE_WINDOW)
+    jobs = await stats_repo.job_summary(
+        conn, pending=[s.value for s in NON_TERMINAL_JOB_STATUSES],
+        failed=JobStatus.FAILED.value, completed=JobStatus.COMPLETED.value,
+    )
+    dead = await stats_repo.notifications_with_status(conn, "dead")
+    return InventoryCounts(certs, agents, jobs, dead)
+
+
+def canonical_status_counts(raw: Any) -> dict[str, int]:
+    """(status, count) rows merged by canonical status: old rows may carry another spelling (reference bug 13)."""
+    merged: dict[str, int] = {}
+    for status, count in raw:
+        try:
+            name = CertificateStatus.parse(status).value
+        except ValueError:
+            name = status
+        merged[name] = merged.get(name, 0) + count
+    return merged
+
+
 @dataclass
 class _Memo:
     value: Any
@@ -101,17 +138,8 @@ class StatsService:
     async def _summary(self) -> DashboardSummary:
         now = self.ctx.clock.now()
         async with self.ctx.db.read() as conn:
-            certs = await stats_repo.certificate_summary(
-                conn, now=now, expiring_before=now + EXPIRING_WINDOW,
-                archived=CertificateStatus.ARCHIVED.value, revoked=CertificateStatus.REVOKED.value,
-                expired=CertificateStatus.EXPIRED.value,
-            )
-            agent_counts = await stats_repo.agent_summary(conn, active_since=now - AGENT_ACTIVE_WINDOW)
-            job_counts = await stats_repo.job_summary(
-                conn, pending=[s.value for s in NON_TERMINAL_JOB_STATUSES],
-                failed=JobStatus.FAILED.value, completed=JobStatus.COMPLETED.value,
-            )
-            dead = await stats_repo.notifications_with_status(conn, "dead")
+            counts = await inventory_counts(conn, now)
+        certs, agent_counts, job_counts = counts.certificates, counts.agents, counts.jobs
         return DashboardSummary(
             total_certificates=certs["total"],
             expiring_certificates=certs["expiring"],
@@ -123,21 +151,14 @@ class StatsService:
             pending_jobs=job_counts["pending"],
             failed_jobs=job_counts["failed"],
             complete_jobs=job_counts["completed"],
-            notifications_dead=dead,
+            notifications_dead=counts.dead_notifications,
             completed_at=now,
         )
 
     async def _certificates_by_status(self) -> CertificatesByStatus:
         async with self.ctx.db.read() as conn:
             raw = await stats_repo.certificates_by_status(conn)
-        merged: dict[str, int] = {}
-        for status, count in raw:
-            # Old rows may carry another spelling (reference bug 13); count them under the canonical one.
-            try:
-                name = CertificateStatus.parse(status).value
-            except ValueError:
-                name = status
-            merged[name] = merged.get(name, 0) + count
+        merged = canonical_status_counts(raw)
         ordered = sorted(merged.items(), key=lambda item: (_STATUS_ORDER.get(item[0], len(_STATUS_ORDER)), item[0]))
         return CertificatesByStatus(status_counts=[StatusCount(status=s, count=n) for s, n in ordered])
 
