@@ -64,6 +64,7 @@ from bench.common import (
     result_row,
     rng,
     running_server,
+    seeded_certificates,
     use_uvloop,
 )
 
@@ -499,13 +500,7 @@ async def main() -> None:
     json_mode(args)
 
     url = pg_url(args.database)
-    conn = await asyncpg.connect(url)
-    try:
-        rows = await conn.fetchval("SELECT count(*) FROM managed_certificates")
-    finally:
-        await conn.close()
-    if rows < 1000:
-        raise SystemExit(f"{args.database} holds {rows} certificates; run bench/seed_certs.py first")
+    rows = await seeded_certificates(args.database)
     print_json("setup", {"machine": machine(), "certificates": rows, "workers": args.workers,
                          "duration_s": args.duration})
 

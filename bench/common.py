@@ -34,6 +34,18 @@ BENCH_KEY = "bench-key-0123456789abcdef0123456789"
 CONFIG_KEY = "bench-config-encryption-key-0123456789abcdef"  # fixed so cursors and sealed rows survive restarts
 
 
+async def seeded_certificates(database: str) -> int:
+    """The number of certificates in `database`; exits when bench/seed_certs.py has not filled it."""
+    conn = await asyncpg.connect(pg_url(database))
+    try:
+        rows = int(await conn.fetchval("SELECT count(*) FROM managed_certificates"))
+    finally:
+        await conn.close()
+    if rows < 1000:
+        raise SystemExit(f"{database} holds {rows} certificates; run bench/seed_certs.py first")
+    return rows
+
+
 def pg_url(database: str) -> str:
     return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + database
 

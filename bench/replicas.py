@@ -34,8 +34,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 if __package__ in (None, ""):  # run as `python bench/replicas.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -53,6 +51,7 @@ from bench.common import (
     print_json,
     result_row,
     running_server,
+    seeded_certificates,
     use_uvloop,
 )
 from bench.common import _descendants as _descendants
@@ -296,13 +295,7 @@ async def main() -> None:
     json_mode(args)
 
     url = pg_url(args.database)
-    conn = await asyncpg.connect(url)
-    try:
-        rows = await conn.fetchval("SELECT count(*) FROM managed_certificates")
-    finally:
-        await conn.close()
-    if rows < 1000:
-        raise SystemExit(f"{args.database} holds {rows} certificates; run bench/seed_certs.py first")
+    rows = await seeded_certificates(args.database)
     print_json("setup", {"machine": machine(), "certificates": rows, "duration_s": args.duration, "rate": args.rate})
 
     replicas = [Replica("r1", url, args.db_conns), Replica("r2", url, args.db_conns)]
