@@ -103,7 +103,7 @@ class _ProfileCache:
     def __init__(self) -> None:
         self._parsed: dict[tuple[str, Any], CertificateProfile] = {}
 
-    def get(self, row: Row) -> CertificateProfile:
+    def get(self, row: Mapping[Any, Any]) -> CertificateProfile:
         key = (row["id"], row["updated_at"])
         profile = self._parsed.get(key)
         if profile is None:
@@ -145,6 +145,10 @@ class IssuanceService:
 
         A rejected CSR is a 400 naming the rule and leaves the job waiting in AwaitingCSR.
         """
+        if self.ctx.db.dialect == "postgresql":
+            accepted = await self._submit_csr_fast(actor, agent_id, csr_pem, certificate_id, job_id)
+            if accepted is not None:
+                return accepted
         for _ in range(3):  # a serial collision (2^-127 per pair) rolls everything back and draws again
             try:
                 return await self._submit_csr_once(actor, agent_id, csr_pem, certificate_id, job_id)
@@ -211,6 +215,62 @@ class IssuanceService:
             status="accepted", job_id=job["id"], job_status=status, certificate_id=job["certificate_id"],
             version_id=version["id"] if version else None, serial_number=version["serial_number"] if version else None,
         )
+
+    async def _submit_csr_fast(
+        self, actor: Actor, agent_id: str, csr_pem: str, certificate_id: str | None, job_id: str | None
+    ) -> CSRAccepted | None:
+        """PostgreSQL, the usual case (a local CA already loaded here, nothing unusual): one read, the checks
+        and the signature, one atomic write (see `issuance_repo.store_agent_issuance`). None when anything is
+        out of the ordinary or the job changed meanwhile: the general path then decides, with the job locked,
+        and answers exactly as it always did (errors included). A rejected CSR is refused here (400) as there."""
+        if not certificate_id and not job_id:
+            return None
+        now = self.ctx.clock.now()
+        csr_pem = csr_pem.strip() + "\n"
+        async with self.ctx.db.read() as conn:
+            found = await issuance_repo.csr_intake(conn, agent_id, certificate_id=certificate_id, job_id=job_id,
+                                                   issuing_types=ISSUING_JOB_TYPES)
+            job, cert, issuer = found.job, found.cert, found.issuer
+            if (not found.agent_found or not found.agent_live or job is None or cert is None or issuer is None
+                    or job["status"] != JobStatus.AWAITING_CSR.value or job["type"] not in ISSUING_JOB_TYPES
+                    or (certificate_id and job["certificate_id"] != certificate_id)
+                    or job["agent_id"] not in (None, agent_id) or (job["agent_id"] is None and not found.agent_owns)
+                    or not issuer["enabled"]):
+                return None
+            profile = self._profiles.get(found.profile) if found.profile is not None else None
+            if profile is not None and not profile.enabled:
+                return None
+            ca = self.cas.ready_issuing_ca(issuer, found.cas)
+            if ca is None:
+                return None
+            plan = _Plan(job=job, cert=cert, issuer=issuer, profile=profile, policy=None)
+            checked = self._check(csr_pem, plan)
+            plan_job_transition(plan_job_transition(job["status"], JobStatus.RUNNING, now)["status"],
+                                JobStatus.COMPLETED, now)  # legal moves, as the general path checks them
+            with issuer_call(issuer["type"], issuer["id"], job_id=job["id"]):
+                leaf = build_leaf(ca, self._leaf_request(plan, checked.public_key), new_serial())
+            version = self._version_values(leaf, ca.chain_pem, csr_pem, ca.id, job["id"], cert["id"],
+                                           checked.key_algorithm.value, checked.key_size, now)
+            submitted = audit.build_event(actor, "csr_submitted", "job", job["id"], {
+                "certificate_id": job["certificate_id"], "agent_id": agent_id, "key_algorithm": checked.key_label,
+                "attempt": job["attempts"] + 1,
+            }, now)
+            target_ids = [t[0] for t in found.targets]
+            deployment_ids = [new_id("job") for _ in target_ids]
+            issued = audit.build_event(Actor.system(), "certificate_issued", "certificate", cert["id"], {
+                **self._issued_details(job, cert, version, ca.id, "agent"), "deployment_jobs": [],
+            }, now)  # deployment_jobs: the jobs the write really queues, filled in by it
+            stored = await issuance_repo.store_agent_issuance(
+                conn, job=job, now=now, csr_pem=csr_pem, agent_id=agent_id, version=version,
+                renewal=cert["expires_at"] is not None or job["type"] == JobType.RENEWAL.value,
+                deployment_job_ids=deployment_ids, deployment_targets=target_ids, submitted=submitted, issued=issued,
+            )
+        if not stored.completed:
+            return None  # the job changed since it was read, or the serial was taken: the general path decides
+        metrics.job_outcome(job["type"], "completed")
+        return CSRAccepted(status="accepted", job_id=job["id"], job_status=JobStatus.COMPLETED.value,
+                           certificate_id=job["certificate_id"], version_id=version["id"],
+                           serial_number=version["serial_number"])
 
     async def _job_awaiting_csr(self, conn: AsyncConnection, certificate_id: str | None, job_id: str | None) -> Row:
         if job_id:
@@ -357,17 +417,10 @@ class IssuanceService:
         """
         now = self.ctx.clock.now()
         job, cert = plan.job, plan.cert
-        version_id = new_id("certver")
-        leaf_pem = leaf.public_bytes(serialization.Encoding.PEM).decode()
-        serial = serial_hex(leaf.serial_number)
-        fingerprint = leaf.fingerprint(hashes.SHA256()).hex()
-        await issuance_repo.insert_version(conn, {
-            "id": version_id, "certificate_id": cert["id"], "serial_number": serial,
-            "not_before": leaf.not_valid_before_utc, "not_after": leaf.not_valid_after_utc,
-            "fingerprint_sha256": fingerprint, "pem_chain": leaf_pem + chain_pem, "csr_pem": job["csr_pem"] or "",
-            "key_algorithm": key_algorithm, "key_size": key_size, "created_at": now, "ca_id": ca_id,
-            "job_id": job["id"],
-        })
+        version = self._version_values(leaf, chain_pem, job["csr_pem"] or "", ca_id, job["id"], cert["id"],
+                                       key_algorithm, key_size, now)
+        version_id: str = version["id"]
+        await issuance_repo.insert_version(conn, version)
         if key_pem is not None:
             await issuance_repo.insert_private_key(conn, {
                 "version_id": version_id, "sealed_key": self.ctx.sealer.seal({"private_key_pem": key_pem}),
@@ -389,14 +442,38 @@ class IssuanceService:
             "csr_pem": job["csr_pem"], "agent_id": job["agent_id"], "last_error": None,
         })
         issued = audit.build_event(Actor.system(), "certificate_issued", "certificate", cert["id"], {
-            "job_id": job["id"], "job_type": job["type"], "version_id": version_id, "serial_number": serial,
-            "ca_id": ca_id, "issuer_id": cert["issuer_id"], "not_after": leaf.not_valid_after_utc.isoformat(),
-            "fingerprint_sha256": fingerprint, "key_algorithm": key_algorithm,
-            "key_generation": "server" if key_pem is not None else "agent", "deployment_jobs": deployments,
-            **(details or {}),
+            **self._issued_details(job, cert, version, ca_id, "server" if key_pem is not None else "agent"),
+            "deployment_jobs": deployments, **(details or {}),
         }, now)
         await audit_repo.add_events(conn, [*(earlier_events or []), issued])
         return version_id
+
+    @staticmethod
+    def _version_values(
+        leaf: x509.Certificate, chain_pem: str, csr_pem: str, ca_id: str | None, job_id: str, certificate_id: str,
+        key_algorithm: str, key_size: int, now: Any,
+    ) -> dict[str, Any]:
+        """The version row of a freshly signed leaf."""
+        return {
+            "id": new_id("certver"), "certificate_id": certificate_id, "serial_number": serial_hex(leaf.serial_number),
+            "not_before": leaf.not_valid_before_utc, "not_after": leaf.not_valid_after_utc,
+            "fingerprint_sha256": leaf.fingerprint(hashes.SHA256()).hex(),
+            "pem_chain": leaf.public_bytes(serialization.Encoding.PEM).decode() + chain_pem, "csr_pem": csr_pem,
+            "key_algorithm": key_algorithm, "key_size": key_size, "created_at": now, "ca_id": ca_id, "job_id": job_id,
+        }
+
+    @staticmethod
+    def _issued_details(
+        job: Mapping[Any, Any], cert: Mapping[Any, Any], version: Mapping[str, Any], ca_id: str | None,
+        key_generation: str,
+    ) -> dict[str, Any]:
+        """`certificate_issued`'s details but the deployment jobs (and an outside CA's own details)."""
+        return {
+            "job_id": job["id"], "job_type": job["type"], "version_id": version["id"],
+            "serial_number": version["serial_number"], "ca_id": ca_id, "issuer_id": cert["issuer_id"],
+            "not_after": version["not_after"].isoformat(), "fingerprint_sha256": version["fingerprint_sha256"],
+            "key_algorithm": version["key_algorithm"], "key_generation": key_generation,
+        }
 
     async def _queue_deployments(
         self, conn: AsyncConnection, cert: Mapping[Any, Any], job: Mapping[Any, Any]

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
+import orjson
 from sqlalchemy import and_, bindparam, exists, not_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from certctl.domain.errors import ConflictError, UnavailableError
 from certctl.store import rows
+from certctl.store.database import STORAGE_FULL
 from certctl.store.rows import Row
 from certctl.store.schema import (
     certificate_private_keys,
@@ -187,3 +192,209 @@ async def targets_needing_deployment(conn: AsyncConnection, certificate_id: str)
 
 async def insert_jobs(conn: AsyncConnection, values: Sequence[Mapping[str, Any]]) -> None:
     await rows.insert_many(conn, jobs, values)
+
+
+# ---- an agent's CSR on PostgreSQL: one read, one write ------------------------------------------
+# The CSR intake is the busiest write of a fleet: every renewal of every agent-keyed certificate.
+# Through SQLAlchemy it took about a dozen statements plus BEGIN/COMMIT, each costing more Python CPU
+# (compile cache lookup, parameter and result processing) than PostgreSQL's own work. Here it is two
+# statements sent to asyncpg as prepared statements (asyncpg keeps them per connection): one read of
+# everything the checks need, and one atomic write (a single statement is its own transaction) that
+# completes the job only if it is still the AwaitingCSR job that was read, and stores everything else
+# from that update, so nothing is written when another request won. services/issuance.py falls back to
+# the general path (SQLAlchemy, one transaction, the job locked) for anything unusual.
+
+_OPEN_DEPLOYMENT = "('Pending', 'AwaitingCSR', 'AwaitingApproval', 'Running')"
+
+
+def _select_list(alias: str, table: Any) -> str:
+    return ", ".join(f'{alias}."{c.name}" AS "{alias}_{c.name}"' for c in table.c)
+
+
+_INTAKE_TABLES = (("j", jobs), ("c", managed_certificates), ("i", issuers), ("p", certificate_profiles))
+
+
+def _intake_sql(by_job: bool) -> str:
+    job_source = (  # $2: the job id, or the certificate id and $3 the issuing job types
+        "LEFT JOIN jobs j ON j.id = $2" if by_job else
+        "LEFT JOIN LATERAL (SELECT * FROM jobs WHERE certificate_id = $2 AND status = 'AwaitingCSR' "
+        "AND type = ANY($3::text[]) ORDER BY created_at DESC, id DESC LIMIT 1) j ON true"
+    )
+    return f"""
+SELECT a.id IS NOT NULL AS agent_found, a.retired_at IS NULL AS agent_live,
+  {", ".join(_select_list(alias, table) for alias, table in _INTAKE_TABLES)},
+  EXISTS (SELECT 1 FROM certificate_target_mappings m JOIN deployment_targets t ON t.id = m.target_id
+          WHERE m.certificate_id = j.certificate_id AND t.agent_id = $1 AND t.retired_at IS NULL) AS agent_owns,
+  (SELECT json_agg(json_build_array(ca.id, ca.state, ca.parent_ca_id) ORDER BY ca.created_at, ca.id)
+     FROM intermediate_cas ca WHERE ca.owning_issuer_id = c.issuer_id) AS cas,
+  (SELECT json_agg(json_build_array(t.id, t.agent_id) ORDER BY t.name, t.id)
+     FROM deployment_targets t JOIN certificate_target_mappings m ON m.target_id = t.id
+    WHERE m.certificate_id = c.id AND t.retired_at IS NULL AND t.enabled
+      AND NOT EXISTS (SELECT 1 FROM jobs d WHERE d.certificate_id = c.id AND d.target_id = t.id
+                      AND d.type = 'Deployment' AND d.status IN {_OPEN_DEPLOYMENT})) AS targets
+FROM (SELECT 1) AS one
+LEFT JOIN agents a ON a.id = $1
+{job_source}
+LEFT JOIN managed_certificates c ON c.id = j.certificate_id
+LEFT JOIN issuers i ON i.id = c.issuer_id
+LEFT JOIN certificate_profiles p ON p.id = c.certificate_profile_id
+"""
+
+
+_INTAKE_BY_JOB = _intake_sql(True)
+_INTAKE_BY_CERTIFICATE = _intake_sql(False)
+
+
+@dataclass(frozen=True)
+class CSRIntake:
+    """What an agent's CSR submission is checked against, read in one statement (PostgreSQL)."""
+
+    agent_found: bool
+    agent_live: bool
+    job: dict[str, Any] | None
+    cert: dict[str, Any] | None
+    issuer: dict[str, Any] | None
+    profile: dict[str, Any] | None
+    agent_owns: bool
+    cas: list[tuple[str, str, str | None]]  # (id, state, parent_ca_id) of every CA of the issuer
+    targets: list[tuple[str, str]]  # (target id, agent id) of live targets with no open deployment job
+
+
+async def _driver(conn: AsyncConnection) -> Any:
+    return (await conn.get_raw_connection()).driver_connection
+
+
+async def _raw_call(conn: AsyncConnection, call: Any) -> Any:
+    """Driver errors as the store reports them elsewhere: an unreachable or full database is a 503."""
+    try:
+        return await call
+    except asyncpg.DiskFullError:
+        raise UnavailableError(STORAGE_FULL) from None
+    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+            asyncpg.AdminShutdownError, OSError) as exc:
+        await conn.invalidate()
+        raise UnavailableError("the database is unavailable; retry shortly") from exc
+
+
+async def csr_intake(
+    conn: AsyncConnection, agent_id: str, *, certificate_id: str | None, job_id: str | None,
+    issuing_types: Sequence[str],
+) -> CSRIntake:
+    """PostgreSQL only: the agent, the job (by id, else the newest AwaitingCSR issuing job of the
+    certificate), its certificate, issuer and profile, whether the agent deploys the certificate,
+    the issuer's CAs and the targets a new version would be deployed to."""
+    raw = await _driver(conn)
+    if job_id:
+        record = await _raw_call(conn, raw.fetchrow(_INTAKE_BY_JOB, agent_id, job_id))
+    else:
+        record = await _raw_call(conn, raw.fetchrow(_INTAKE_BY_CERTIFICATE, agent_id, certificate_id,
+                                                    list(issuing_types)))
+    parts: list[dict[str, Any] | None] = []
+    for alias, table in _INTAKE_TABLES:
+        part = {c.name: record[f"{alias}_{c.name}"] for c in table.c}
+        parts.append(part if part["id"] is not None else None)
+    job, cert, issuer, profile = parts
+    return CSRIntake(
+        agent_found=record["agent_found"], agent_live=record["agent_live"], job=job, cert=cert, issuer=issuer,
+        profile=profile, agent_owns=record["agent_owns"],
+        cas=[(r[0], r[1], r[2]) for r in record["cas"] or ()],
+        targets=[(r[0], r[1]) for r in record["targets"] or ()],
+    )
+
+
+_STORE_AGENT_ISSUANCE = f"""
+WITH job_done AS (
+  UPDATE jobs SET status = 'Completed', attempts = attempts + 1, started_at = $3::timestamptz,
+         completed_at = $3::timestamptz, updated_at = $3::timestamptz, claimed_by = NULL, lease_expires_at = NULL,
+         csr_pem = $4::text, agent_id = $5::text, last_error = NULL
+   WHERE id = $1::text AND status = 'AwaitingCSR' AND updated_at = $2::timestamptz
+  RETURNING id, certificate_id, max_attempts
+), version AS (
+  INSERT INTO certificate_versions (id, certificate_id, serial_number, not_before, not_after, fingerprint_sha256,
+                                    pem_chain, csr_pem, key_algorithm, key_size, created_at, ca_id, job_id)
+  SELECT $6::text, job_done.certificate_id, $7::text, $8::timestamptz, $9::timestamptz, $10::text, $11::text,
+         $4::text, $12::text, $13::integer, $3::timestamptz, $14::text, job_done.id
+    FROM job_done
+  RETURNING id
+), activated AS (
+  UPDATE managed_certificates mc
+     SET status = 'Active', expires_at = $9::timestamptz, updated_at = $3::timestamptz,
+         last_renewal_at = CASE WHEN $15::boolean THEN $3::timestamptz ELSE mc.last_renewal_at END
+    FROM job_done
+   WHERE mc.id = job_done.certificate_id AND mc.status NOT IN ('Revoked', 'Archived')
+  RETURNING mc.id
+), deployments AS (
+  INSERT INTO jobs (id, type, certificate_id, target_id, agent_id, status, attempts, max_attempts, scheduled_at,
+                    created_at, updated_at)
+  SELECT u.job_id, 'Deployment', a.id, t.id, t.agent_id, 'Pending', 0, job_done.max_attempts, $3::timestamptz,
+         $3::timestamptz, $3::timestamptz
+    FROM activated a, job_done,
+         unnest($16::text[], $17::text[]) AS u(job_id, target_id)
+    JOIN deployment_targets t ON t.id = u.target_id
+   WHERE t.retired_at IS NULL AND t.enabled
+     AND EXISTS (SELECT 1 FROM certificate_target_mappings m WHERE m.certificate_id = a.id AND m.target_id = t.id)
+     AND NOT EXISTS (SELECT 1 FROM jobs d WHERE d.certificate_id = a.id AND d.target_id = t.id
+                     AND d.type = 'Deployment' AND d.status IN {_OPEN_DEPLOYMENT})
+  RETURNING id
+), deployment_list AS (
+  SELECT coalesce(jsonb_agg(d.id ORDER BY array_position($16::text[], d.id)), '[]'::jsonb) AS ids
+    FROM deployments d
+), audited AS (
+  INSERT INTO audit_events (id, actor, actor_type, action, resource_type, resource_id, details, timestamp)
+  SELECT e.id, e.actor, e.actor_type, e.action, e.resource_type, e.resource_id,
+         CASE WHEN e.action = 'certificate_issued'
+              THEN jsonb_set(e.details, '{{deployment_jobs}}', deployment_list.ids) ELSE e.details END,
+         $3::timestamptz
+    FROM job_done, deployment_list,
+         (VALUES ($18::text, $19::text, $20::text, $21::text, $22::text, $23::text, $24::jsonb),
+                 ($25::text, $26::text, $27::text, $28::text, $29::text, $30::text, $31::jsonb))
+           AS e(id, actor, actor_type, action, resource_type, resource_id, details)
+  RETURNING id
+)
+SELECT (SELECT count(*) FROM job_done) AS completed, (SELECT count(*) FROM version) AS versions,
+       (SELECT count(*) FROM activated) AS activated, (SELECT ids FROM deployment_list) AS deployments,
+       (SELECT count(*) FROM audited) AS audited
+"""
+
+_AUDIT_FIELDS = ("id", "actor", "actor_type", "action", "resource_type", "resource_id")
+
+
+@dataclass(frozen=True)
+class StoredIssuance:
+    """The outcome of `store_agent_issuance`: `completed` False means nothing was written."""
+
+    completed: bool
+    activated: bool = False
+    deployment_job_ids: tuple[str, ...] = ()
+    serial_taken: bool = False
+
+
+async def store_agent_issuance(
+    conn: AsyncConnection, *, job: Mapping[str, Any], now: Any, csr_pem: str, agent_id: str,
+    version: Mapping[str, Any], renewal: bool, deployment_job_ids: Sequence[str], deployment_targets: Sequence[str],
+    submitted: Mapping[str, Any], issued: Mapping[str, Any],
+) -> StoredIssuance:
+    """PostgreSQL only, in one statement (so one transaction): the job, still AwaitingCSR and unchanged since
+    `job` was read (same updated_at), becomes Completed; the version is stored; the certificate becomes Active
+    with the version's expiry unless it was revoked or archived meanwhile; a Pending deployment job is queued
+    for each given target still live, enabled, mapped and without an open one; both audit events are written,
+    `issued`'s `deployment_jobs` being the jobs actually queued. Nothing at all is written when the job changed.
+    A serial number already used by the CA (`serial_taken`) also writes nothing."""
+    raw = await _driver(conn)
+    try:
+        record = await _raw_call(conn, raw.fetchrow(
+            _STORE_AGENT_ISSUANCE, job["id"], job["updated_at"], now, csr_pem, agent_id,
+            version["id"], version["serial_number"], version["not_before"], version["not_after"],
+            version["fingerprint_sha256"], version["pem_chain"], version["key_algorithm"], version["key_size"],
+            version["ca_id"], renewal, list(deployment_job_ids), list(deployment_targets),
+            *(submitted[f] for f in _AUDIT_FIELDS), orjson.dumps(submitted["details"]).decode(),
+            *(issued[f] for f in _AUDIT_FIELDS), orjson.dumps(issued["details"]).decode(),
+        ))
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name == "uq_versions_ca_serial":
+            return StoredIssuance(completed=False, serial_taken=True)
+        raise ConflictError(f"the issued certificate conflicts with a stored one ({exc.constraint_name})") from exc
+    if not record["completed"]:
+        return StoredIssuance(completed=False)
+    return StoredIssuance(completed=True, activated=bool(record["activated"]),
+                          deployment_job_ids=tuple(record["deployments"]))
