@@ -322,7 +322,7 @@ def plain_http_server(url: str, data_dir: Path, workers: int) -> Any:
            "CERTCTL_RATE_LIMIT_ENABLED": "false", "CERTCTL_OCSP_RATE_LIMIT_PER_IP_MIN": "0",
            "CERTCTL_LOG_LEVEL": "warning", "CERTCTL_DATABASE_MAX_CONNS": "8"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "certctl.cli.main:worker_app", "--factory", "--workers", str(workers),
+        [sys.executable, "-m", "uvicorn", "certctl.api.worker:worker_app", "--factory", "--workers", str(workers),
          "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
          "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

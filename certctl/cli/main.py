@@ -21,7 +21,6 @@ from certctl.config import Settings, SettingsError
 
 if TYPE_CHECKING:
     import uvicorn
-    from fastapi import FastAPI
 
 app = typer.Typer(help="certctl: TLS certificate lifecycle platform", no_args_is_help=True)
 db_app = typer.Typer(help="Database maintenance", no_args_is_help=True)
@@ -68,16 +67,6 @@ def reload_certificate(ctx: ssl.SSLContext, cert: Path, key: Path) -> bool:
         return False
     log.info("TLS certificate reloaded", extra={"cert": str(cert)})
     return True
-
-
-def worker_app() -> FastAPI:
-    """App factory for `--workers N`: each worker reads the settings the parent exported to the environment."""
-    from certctl.api.app import create_app
-    from certctl.logs import configure_logging
-
-    settings = Settings.from_env()
-    configure_logging(settings.log_level, settings.log_format)
-    return create_app(settings, prepare=False)
 
 
 def _export(settings: Settings) -> None:
@@ -129,7 +118,7 @@ def server(
         from certctl.api.app import create_app
 
     config = uvicorn.Config(
-        "certctl.cli.main:worker_app" if multi else create_app(settings, prepare=False),
+        "certctl.api.worker:worker_app" if multi else create_app(settings, prepare=False),
         factory=multi,
         workers=settings.workers,
         host=settings.host,

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from certctl.store.database import Database
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic is imported inside the functions: server workers never migrate (first boot does, before they
+# start), and alembic with mako is about 10 MB of resident memory per process.
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Any fixed number: replicas starting together take turns migrating (PostgreSQL advisory lock).
@@ -19,6 +22,8 @@ _MIGRATION_LOCK_ID = 0x6365727463746C
 
 
 def _config(connection: Connection) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["connection"] = connection
@@ -26,6 +31,9 @@ def _config(connection: Connection) -> Config:
 
 
 def head_revision() -> str:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     head = ScriptDirectory.from_config(cfg).get_current_head()
@@ -34,10 +42,14 @@ def head_revision() -> str:
 
 
 def _upgrade(connection: Connection) -> None:
+    from alembic import command
+
     command.upgrade(_config(connection), "head")
 
 
 def _current(connection: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     return MigrationContext.configure(connection).get_current_revision()
 
 

@@ -2,44 +2,67 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from certctl.connectors.targets.apache import ApacheTarget
 from certctl.connectors.targets.base import TargetConnector
-from certctl.connectors.targets.caddy import CaddyTarget
-from certctl.connectors.targets.envoy import EnvoyTarget
-from certctl.connectors.targets.files import FilesTarget
-from certctl.connectors.targets.haproxy import HAProxyTarget
-from certctl.connectors.targets.keystore import JavaKeystoreTarget
-from certctl.connectors.targets.mail import DovecotTarget, PostfixTarget
-from certctl.connectors.targets.nginx import NginxTarget
 from certctl.connectors.targets.plan import PlanRunner
-from certctl.connectors.targets.ssh import SSHTarget
-from certctl.connectors.targets.traefik import TraefikTarget
 from certctl.domain.errors import NotSupportedError
 
-TARGET_CONNECTORS: dict[str, type[TargetConnector]] = {
-    cls.type_name: cls
-    for cls in (
-        NginxTarget, ApacheTarget, HAProxyTarget, TraefikTarget, CaddyTarget, EnvoyTarget,
-        PostfixTarget, DovecotTarget, FilesTarget,
-        JavaKeystoreTarget,
-        SSHTarget,
-    )
+# type name -> "module:Class". Imported on first use: a server process that never deploys over SSH
+# does not carry asyncssh (about 10 MB of resident memory per worker).
+_CONNECTOR_PATHS: dict[str, str] = {
+    "NGINX": "nginx:NginxTarget",
+    "Apache": "apache:ApacheTarget",
+    "HAProxy": "haproxy:HAProxyTarget",
+    "Traefik": "traefik:TraefikTarget",
+    "Caddy": "caddy:CaddyTarget",
+    "Envoy": "envoy:EnvoyTarget",
+    "Postfix": "mail:PostfixTarget",
+    "Dovecot": "mail:DovecotTarget",
+    "Files": "files:FilesTarget",
+    "JavaKeystore": "keystore:JavaKeystoreTarget",
+    "SSH": "ssh:SSHTarget",
 }
+
+
+class _Connectors(Mapping[str, type[TargetConnector]]):
+    """Type name -> connector class, each module imported when its class is first asked for."""
+
+    def __init__(self, paths: Mapping[str, str]) -> None:
+        self._paths = dict(paths)
+        self._loaded: dict[str, type[TargetConnector]] = {}
+
+    def __getitem__(self, type_name: str) -> type[TargetConnector]:
+        if type_name not in self._loaded:
+            module, _, name = self._paths[type_name].partition(":")
+            cls: type[TargetConnector] = getattr(importlib.import_module(f"{__package__}.{module}"), name)
+            assert cls.type_name == type_name, f"{cls} registered as {type_name}"
+            self._loaded[type_name] = cls
+        return self._loaded[type_name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+
+TARGET_CONNECTORS: Mapping[str, type[TargetConnector]] = _Connectors(_CONNECTOR_PATHS)
 
 
 def _key(type_name: str) -> str:
     return type_name.replace("_", "").replace("-", "").lower()
 
 
-_BY_KEY = {_key(name): cls for name, cls in TARGET_CONNECTORS.items()}
+_BY_KEY = {_key(name): name for name in _CONNECTOR_PATHS}
 
 
 def find_connector(type_name: str) -> type[TargetConnector] | None:
     """The connector class for a type string (any case, like the API's enum), or None."""
-    return _BY_KEY.get(_key(type_name))
+    name = _BY_KEY.get(_key(type_name))
+    return TARGET_CONNECTORS[name] if name is not None else None
 
 
 def connector_class(type_name: str) -> type[TargetConnector]:
