@@ -268,6 +268,10 @@ def _check_service_variables(env: Mapping[str, str]) -> None:
     from certctl.services.acme import AcmeSettings  # imported here: services import this module
 
     AcmeSettings.from_env(env)
+    # Notifiers and the digest (docs/notifications.md); read by certctl.services.notifications.
+    from certctl.services.notifications import NotificationSettings
+
+    NotificationSettings.from_env(env)
 
 
 # (variable, default, minimum, maximum)

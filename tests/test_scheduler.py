@@ -311,8 +311,10 @@ async def test_each_loop_reaches_its_service(database_url: str, tmp_path: Path) 
         with_status = hasattr(api.services, "status")  # the CRL/OCSP service (built alongside this work)
         assert set(scheduler.loops) == {"job_processor", "lease_reaper", "job_timeouts", "renewal_scan",
                                         "agent_health", "short_lived_expiry"} | ({"crl_pregeneration"} if with_status
-                                                                                 else set())
-        assert [n for n, loop in scheduler.loops.items() if not loop.leader_only] == ["job_processor"]
+                                                                                 else set()) | {
+            "notification_outbox", "expiry_alerts", "notification_delivery", "notification_retry"}
+        assert [n for n, loop in scheduler.loops.items() if not loop.leader_only] == [
+            "job_processor", "notification_delivery", "notification_retry"]
 
         agent_id = await factories.seed_agent(api, last_heartbeat_at=clock.now() - timedelta(minutes=10))
         short_lived = await factories.seed_profile(api, allow_short_lived=True, max_ttl_seconds=300)

@@ -40,6 +40,7 @@ from certctl.api.routers import (
     jobs,
     metrics,
     network_scan,
+    notifications,
     owners,
     policies,
     profiles,
@@ -94,6 +95,7 @@ ROUTERS = [
     discovery.router,
     network_scan.router,
     health_checks.router,
+    notifications.router,
     metrics.router,
 ]
 
@@ -144,6 +146,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, prepare: bool 
                 await scheduler.stop()  # drained first: its loops use the sink and the database
             await services.status.aclose()
             await services.acme.aclose()
+            await services.notifications.aclose()
             await services.certificates.settle_counts()
             await services.rate_limits.aclose()  # unused leased tokens go back to the shared buckets
             await sink.close(timeout=settings.audit_flush_timeout_seconds)

@@ -89,8 +89,13 @@ ACME_ORDERS = Counter(
     "certctl_acme_orders", "ACME server orders by result (created, valid, invalid, rate_limited).", ["result"],
 )
 NOTIFICATIONS = Counter(
-    "certctl_notifications", "Notification deliveries by channel and result (sent, failed, dead).",
-    ["channel", "result"],
+    "certctl_notifications", "Notification delivery attempts by channel, type and result (sent, failed: will be "
+    "retried, dead: given up, skipped: channel not configured); counted once the outcome is recorded.",
+    ["channel", "type", "result"],
+)
+EXPIRY_ALERTS = Counter(
+    "certctl_expiry_alerts", "Expiry warnings queued by the expiry scan, by alert tier and channel.",
+    ["tier", "channel"],
 )
 RATE_LIMITED = Counter(
     "certctl_rate_limit_rejections", "Requests refused by a rate limiter, by limiter (api, ocsp, acme, est, scep, "
@@ -122,8 +127,14 @@ def acme_order(result: str) -> None:
         tracing.after_commit(child.inc)
 
 
-def notification(channel: str, result: str) -> None:
-    NOTIFICATIONS.labels(channel, result).inc()
+def notification(channel: str, notification_type: str, result: str) -> None:
+    """A delivery outcome, counted once the transaction recording it commits."""
+    tracing.after_commit(NOTIFICATIONS.labels(channel, notification_type, result).inc)
+
+
+def expiry_alert(tier: str, channel: str) -> None:
+    """An expiry warning queued, counted once the transaction inserting it commits."""
+    tracing.after_commit(EXPIRY_ALERTS.labels(tier, channel).inc)
 
 
 def rate_limited(limiter: str) -> None:

@@ -11,6 +11,11 @@
 | crl_pregeneration | the status service's CRL interval (1h), no first run | leader | rebuild due CRLs |
 | network_scan | CERTCTL_NETWORK_SCAN_INTERVAL (15m), only with CERTCTL_NETWORK_SCAN_ENABLED | leader | scan the enabled network scan targets whose scan_interval_hours has passed |
 | endpoint_health | 60s, no first run, only with CERTCTL_HEALTH_CHECK_ENABLED | leader | probe due endpoint health checks (≤ CERTCTL_HEALTH_CHECK_MAX_CONCURRENT at once); purge old history |
+| notification_outbox | CERTCTL_NOTIFICATION_PROCESS_INTERVAL (1m) | leader | new audit events → notification rows (certctl.services.notifications) |
+| expiry_alerts | CERTCTL_NOTIFICATION_EXPIRY_SCAN_INTERVAL (the renewal check's, 1h) | leader | expiry warnings per policy threshold and channel, deduplicated |
+| notification_delivery | CERTCTL_NOTIFICATION_PROCESS_INTERVAL (1m) | every server | send pending notifications (leased with SKIP LOCKED) |
+| notification_retry | CERTCTL_NOTIFICATION_RETRY_INTERVAL (2m) | every server | send failed notifications whose backoff has passed; the 5th failure → dead |
+| digest | CERTCTL_DIGEST_INTERVAL (24h), no first run, only with CERTCTL_DIGEST_ENABLED | leader | email the digest |
 """  # noqa: E501 - a table reads better unwrapped
 
 from __future__ import annotations
@@ -66,6 +71,20 @@ def build_loops(
     health_checks = getattr(services, "health_checks", None)  # the endpoint health monitor, when this build has one
     if health_checks is not None and health_checks.settings.enabled:
         loops.append(Loop("endpoint_health", LOOP_INTERVAL, health_checks.run_due_checks, run_at_start=False))
+    notifications = getattr(services, "notifications", None)  # the notifier subsystem, when this build has one
+    if notifications is not None:
+        ns = notifications.settings
+        loops += [
+            Loop("notification_outbox", ns.process_interval, notifications.process_audit_events),
+            Loop("expiry_alerts", ns.expiry_scan_interval, notifications.scan_expiring),
+            # On every server, like the job processor: rows are leased with SKIP LOCKED, one sender each.
+            Loop("notification_delivery", ns.process_interval, notifications.deliver_pending, leader_only=False,
+                 timeout=timedelta(minutes=10)),
+            Loop("notification_retry", ns.retry_interval, notifications.deliver_retries, leader_only=False,
+                 timeout=timedelta(minutes=10)),
+        ]
+        if ns.digest_enabled:
+            loops.append(Loop("digest", ns.digest_interval, notifications.scheduled_digest, run_at_start=False))
     return loops
 
 

@@ -23,6 +23,7 @@ from certctl.services.job_maintenance import JobMaintenanceService
 from certctl.services.jobs import JobService
 from certctl.services.metrics import MetricsService
 from certctl.services.network_scan import NetworkScanService, NetworkScanTargetService
+from certctl.services.notifications import NotificationService
 from certctl.services.org import OwnerService, TeamService
 from certctl.services.policies import PolicyRuleService
 from certctl.services.profiles import ProfileService
@@ -68,6 +69,7 @@ class Services:
     acme: AcmeService = field(init=False)
     metrics: MetricsService = field(init=False)
     rate_limits: RateLimits = field(init=False)
+    notifications: NotificationService = field(init=False)
 
     def __post_init__(self) -> None:
         self.audit = AuditService(self.ctx.db)
@@ -106,3 +108,4 @@ class Services:
         # Shared by every replica: the database, or Redis with CERTCTL_REDIS_URL (docs/operations.md).
         self.rate_limits = RateLimits.from_settings(self.ctx.db, self.ctx.settings.extra)
         self.acme.limiter = self.rate_limits  # per account and per identifier, shared by replicas
+        self.notifications = NotificationService(self.ctx)

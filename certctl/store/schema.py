@@ -742,3 +742,23 @@ rate_limit_buckets = Table(
     Column("expires_at", Double, nullable=False),
 )
 Index("ix_rate_limit_buckets_expires_at", rate_limit_buckets.c.expires_at)
+
+# Notifications (certctl.services.notifications, migration 0008). `dedup_key` names what a row is about (an audit
+# event, or a certificate's expiry threshold); with the channel it is unique, so the outbox scan and the expiry
+# scan can run again, on any replica, without making a second row. `claimed_by`/`claim_expires_at` is the
+# delivery lease: one sender per row at a time, the lease returns it if that sender dies mid-way.
+notification_dedup_key = Column("dedup_key", Text, nullable=True)
+notification_events.append_column(notification_dedup_key)
+notification_events.append_column(Column("claimed_by", Text, nullable=True))
+notification_events.append_column(Column("claim_expires_at", UTCDateTime, nullable=True))
+Index("uq_notification_events_dedup_key_channel", notification_events.c.dedup_key, notification_events.c.channel,
+      unique=True)
+Index("ix_notification_events_certificate", notification_events.c.certificate_id)
+
+# Where the notification outbox scan of audit_events has got to (one row per scan name).
+notification_cursors = Table(
+    "notification_cursors", metadata,
+    Column("name", Text, primary_key=True),
+    Column("timestamp", UTCDateTime, nullable=False),
+    Column("event_id", Text, nullable=False),
+)

@@ -1,0 +1,1 @@
+"""Notifier connectors: Email, Webhook, Slack, Teams, PagerDuty, OpsGenie (connectors.md §6)."""
