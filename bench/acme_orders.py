@@ -8,8 +8,10 @@ download, timing every step. Two modes:
     pebble runs with PEBBLE_VA_ALWAYS_VALID=1 and PEBBLE_VA_NOSLEEP=1 (its challenge POST validates at once);
   - `http-01`: the order's identifier is 127.0.0.1 and the client answers http-01 from an in-process HTTP
     responder; certctl validates for real (it fetches the key authorization), pebble is still always-valid.
-The driver is tests/acme_client.py (httpx, one connection pool per server, JWS signed per request); polls of
-authorizations and orders wait 20 ms. Prints orders/s, p50/p95 per step, and certctl/pebble ratios.
+The driver is tests/acme_client.py over a lean keep-alive HTTP/1.1 client (one pool per server, JWS signed per
+request); polls of authorizations and orders wait what the server's Retry-After says (20 ms without one).
+Prints orders/s, p50/p95 per step, server and driver CPU per order, and certctl/pebble ratios. `--profile N`
+samples one certctl worker with py-spy during each run and prints its N costliest frames (own and total).
 Targets (issue 5): certctl ≥ pebble's throughput and ≥ 50 complete orders/s on this 2-core machine.
 Uses its own database (certctl_bench_acme), recreated on each run.
 """
@@ -33,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from cryptography import x509
@@ -58,7 +61,7 @@ from bench.common import (
     running_server,
     use_uvloop,
 )
-from tests.acme_client import AcmeClient, b64, csr_der, new_key, thumbprint
+from tests.acme_client import AcmeClient, Transport, b64, csr_der, new_key, thumbprint
 
 DATABASE = "certctl_bench_acme"
 POLL = 0.02
@@ -156,6 +159,119 @@ def running_pebble(port: int = 14000) -> Iterator[tuple[str, Path, int]]:
         log.close()
 
 
+# ---- a lean HTTP/1.1 client ------------------------------------------------------------------------
+class Headers(dict[str, str]):
+    """Response headers by lower-cased name (repeated headers joined with ", ", as Link is)."""
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return super().get(name.lower(), default)
+
+    def __getitem__(self, name: str) -> str:
+        return super().__getitem__(name.lower())
+
+
+@dataclass
+class Answer:
+    """What tests/acme_client.py reads of a response (httpx.Response's names)."""
+
+    status_code: int
+    headers: Headers
+    content: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+    @property
+    def text(self) -> str:
+        return self.content.decode(errors="replace")
+
+
+class LeanHttp:
+    """Keep-alive HTTP/1.1 over TLS on asyncio streams, one pool per server: a few tens of µs of CPU per request
+    where httpx spends a millisecond or more. The bench machine runs driver, server and database on the same
+    two cores, so the driver's CPU comes out of both servers' throughput alike."""
+
+    def __init__(self, base_url: str, context: ssl.SSLContext) -> None:
+        parsed = urlsplit(base_url)
+        self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port or 443
+        self.authority = parsed.netloc
+        self.context = context
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.requests = 0
+
+    async def get(self, url: str) -> Answer:
+        return await self.request("GET", url)
+
+    async def head(self, url: str) -> Answer:
+        return await self.request("HEAD", url)
+
+    async def post(self, url: str, *, content: bytes, headers: dict[str, str]) -> Answer:
+        return await self.request("POST", url, content, headers)
+
+    async def request(self, method: str, url: str, body: bytes = b"",
+                      headers: dict[str, str] | None = None) -> Answer:
+        parts = urlsplit(url)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {self.authority}", "Accept: */*"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        if method == "POST":
+            lines.append(f"Content-Length: {len(body)}")
+        raw = ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+        for attempt in (0, 1):
+            reused = bool(self.idle)
+            reader, writer = self.idle.pop() if reused else await asyncio.open_connection(
+                self.host, self.port, ssl=self.context, limit=1 << 20)
+            try:
+                answer, keep = await asyncio.wait_for(self._exchange(reader, writer, raw, method), 60)
+            except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, TimeoutError):
+                writer.close()
+                if reused and attempt == 0:  # a kept-alive connection the server closed while idle
+                    continue
+                raise
+            if keep:
+                self.idle.append((reader, writer))
+            else:
+                writer.close()
+            self.requests += 1
+            return answer
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: bytes,
+                        method: str) -> tuple[Answer, bool]:
+        writer.write(raw)
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head[:-4].decode("latin-1").split("\r\n")
+        status = int(lines[0][9:12])
+        fields: dict[str, str] = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            key, value = name.strip().lower(), value.strip()
+            fields[key] = f"{fields[key]}, {value}" if key in fields else value
+        body = b""
+        if method != "HEAD" and status not in (204, 304):
+            if "chunked" in fields.get("transfer-encoding", "").lower():
+                chunks = bytearray()
+                while True:
+                    size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                    if size == 0:
+                        await reader.readuntil(b"\r\n")
+                        break
+                    chunks += (await reader.readexactly(size + 2))[:-2]
+                body = bytes(chunks)
+            else:
+                length = int(fields.get("content-length", "0"))
+                body = await reader.readexactly(length) if length else b""
+        keep = fields.get("connection", "").lower() != "close"
+        headers = Headers(fields)
+        return Answer(status, headers, body), keep
+
+    async def aclose(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+        self.idle.clear()
+
+
 # ---- the driver -------------------------------------------------------------------------------------
 @dataclass
 class Run:
@@ -169,6 +285,8 @@ class Run:
     elapsed: float = 0.0
     server_cpu: float = 0.0  # CPU seconds of the server's processes (not PostgreSQL's) during the run
     driver_cpu: float = 0.0
+    requests: int = 0
+    polls: int = 0  # POST-as-GET polls that found the authorization or order not final yet
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -177,6 +295,8 @@ class Run:
             "errors": len(self.errors), "first_errors": self.errors[:3],
             "server_cpu_ms_per_order": round(self.server_cpu * 1000 / len(self.flows), 2) if self.flows else None,
             "driver_cpu_ms_per_order": round(self.driver_cpu * 1000 / len(self.flows), 2) if self.flows else None,
+            "requests_per_order": round(self.requests / len(self.flows), 2) if self.flows else None,
+            "polls_per_order": round(self.polls / len(self.flows), 2) if self.flows else None,
         }
         for step in (*STEPS, "flow"):
             values = sorted(self.flows if step == "flow" else self.steps.get(step, []))
@@ -186,16 +306,19 @@ class Run:
         return out
 
 
-async def _poll(client: AcmeClient, url: str, done: tuple[str, ...]) -> dict[str, Any]:
+async def _poll(client: AcmeClient, url: str, done: tuple[str, ...], run: Run) -> dict[str, Any]:
+    """POST-as-GET until a final status, waiting what the server's Retry-After says (POLL without one)."""
     while True:
         response = await client.post(url, None)
         body: dict[str, Any] = response.json()
         if response.status_code != 200 or body.get("status") in (*done, "invalid"):
             return body
-        await asyncio.sleep(POLL)
+        run.polls += 1
+        retry = response.headers.get("Retry-After")
+        await asyncio.sleep(float(retry) if retry and retry.isdigit() else POLL)
 
 
-async def _flow(http: httpx.AsyncClient, directory: dict[str, Any], directory_url: str, run: Run, n: int,
+async def _flow(http: Transport, directory: dict[str, Any], directory_url: str, run: Run, n: int,
                 responder: Responder) -> None:
     client = AcmeClient(http, directory_url, key=new_key("ES256"))
     client.directory = directory
@@ -222,7 +345,7 @@ async def _flow(http: httpx.AsyncClient, directory: dict[str, Any], directory_ur
         responder.answers[challenge["token"]] = f"{challenge['token']}.{thumbprint(client.key)}".encode()
         answered = await client.post(challenge["url"], {})
         assert answered.status_code == 200, answered.text
-        authz = await _poll(client, order["authorizations"][0], ("valid",))
+        authz = await _poll(client, order["authorizations"][0], ("valid",), run)
         assert authz["status"] == "valid", authz
         responder.answers.pop(challenge["token"], None)
         mark("challenge")
@@ -231,7 +354,7 @@ async def _flow(http: httpx.AsyncClient, directory: dict[str, Any], directory_ur
     assert final.status_code == 200, final.text
     body = final.json()
     if body["status"] != "valid":
-        body = await _poll(client, order_url, ("valid",))
+        body = await _poll(client, order_url, ("valid",), run)
     assert body["status"] == "valid", body
     mark("finalize")
     cert = await client.post(body["certificate"], None)
@@ -245,8 +368,8 @@ async def drive(target: str, directory_url: str, ca: Path, mode: str, clients: i
     run = Run(target, mode, clients, seconds)
     cpu_before, driver_before = cpu_seconds(pids()), time.process_time()
     context = ssl.create_default_context(cafile=str(ca))
-    limits = httpx.Limits(max_connections=clients + 5, max_keepalive_connections=clients + 5)
-    async with httpx.AsyncClient(verify=context, limits=limits, timeout=60) as http:
+    http = LeanHttp(directory_url, context)
+    try:
         directory = (await http.get(directory_url)).json()
         counter = iter(range(10**9))
         deadline = time.perf_counter() + seconds
@@ -262,9 +385,39 @@ async def drive(target: str, directory_url: str, ca: Path, mode: str, clients: i
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
         run.elapsed = time.perf_counter() - started
+        run.requests = http.requests
+    finally:
+        await http.aclose()
     run.server_cpu = cpu_seconds(pids()) - cpu_before
     run.driver_cpu = time.process_time() - driver_before
     return run
+
+
+def py_spy(pid: int, seconds: float, top: int) -> dict[str, Any]:
+    """On-CPU samples of one worker (py-spy --gil: only while it runs Python): costliest frames, own and total."""
+    raw = Path(tempfile.mkstemp(prefix="certctl-acme-pyspy-", suffix=".txt")[1])
+    subprocess.run([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--duration",
+                    str(max(1, int(seconds))), "--rate", "200", "--gil", "--nonblocking", "--format", "raw",
+                    "-o", str(raw)], check=True, capture_output=True)
+    own: dict[str, int] = defaultdict(int)
+    total: dict[str, int] = defaultdict(int)
+    samples = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        samples += n
+        frames = stack.split(";")
+        own[frames[-1]] += n
+        for frame in set(frames):
+            total[frame] += n
+    raw.unlink(missing_ok=True)
+
+    def share(counts: dict[str, int]) -> dict[str, str]:
+        return {k: f"{100 * v / samples:.1f}%" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])[:top]}
+
+    return {"samples": samples, "own": share(own), "total": share(total)}
 
 
 def setup_certctl(base_url: str, ca: Path) -> None:
@@ -276,13 +429,8 @@ def setup_certctl(base_url: str, ca: Path) -> None:
             assert response.status_code in (201, 409), response.text
 
 
-async def main_async(args: argparse.Namespace) -> None:
-    clients = [int(c) for c in args.clients.split(",")]
-    modes = args.modes.split(",")
-    responder = Responder()
-    await responder.start()
-    print_json("machine", machine())
-    results: list[dict[str, Any]] = []
+async def certctl_runs(args: argparse.Namespace, clients: list[int], modes: list[str], responder: Responder,
+                       results: list[dict[str, Any]]) -> None:
     await create_database(DATABASE, recreate=True)
     extra = {
         "CERTCTL_ACME_SERVER_ENABLED": "true", "CERTCTL_ACME_HTTP01_PORT": str(responder.port),
@@ -302,9 +450,17 @@ async def main_async(args: argparse.Namespace) -> None:
             directory = f"{server.base_url}/acme/profile/{profile}/directory"
             await drive("certctl", directory, ca, mode, 1, 1.0, responder, server.pids)  # warm-up (CA load, pools)
             for n in clients:
+                sampling = asyncio.create_task(asyncio.to_thread(
+                    py_spy, server.busiest_worker(), args.seconds - 1, args.profile)) if args.profile else None
                 run = await drive("certctl", directory, ca, mode, n, args.seconds, responder, server.pids)
                 results.append(run.summary())
                 print_json(f"certctl {mode} x{n}", results[-1])
+                if sampling is not None:
+                    print_json(f"certctl {mode} x{n}: py-spy of one worker", await sampling)
+
+
+async def pebble_runs(args: argparse.Namespace, clients: list[int], modes: list[str], responder: Responder,
+                      results: list[dict[str, Any]]) -> None:
     with running_pebble(args.pebble_port) as (directory, ca, pebble_pid):
         def pebble_pids() -> list[int]:
             return [pebble_pid]
@@ -315,7 +471,23 @@ async def main_async(args: argparse.Namespace) -> None:
                 run = await drive("pebble", directory, ca, mode, n, args.seconds, responder, pebble_pids)
                 results.append(run.summary())
                 print_json(f"pebble {mode} x{n}", results[-1])
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    clients = [int(c) for c in args.clients.split(",")]
+    modes = args.modes.split(",")
+    targets = args.targets.split(",")
+    responder = Responder()
+    await responder.start()
+    print_json("machine", machine())
+    results: list[dict[str, Any]] = []
+    if "certctl" in targets:
+        await certctl_runs(args, clients, modes, responder, results)
+    if "pebble" in targets:
+        await pebble_runs(args, clients, modes, responder, results)
     await responder.stop()
+    if set(targets) != {"certctl", "pebble"}:
+        return
     table = []
     for mode in modes:
         for n in clients:
@@ -329,6 +501,8 @@ async def main_async(args: argparse.Namespace) -> None:
                           "pebble_flow_p95_ms": theirs.get("flow_p95_ms"),
                           "certctl_cpu_ms_per_order": ours["server_cpu_ms_per_order"],
                           "pebble_cpu_ms_per_order": theirs["server_cpu_ms_per_order"],
+                          "driver_cpu_ms_per_order": [ours["driver_cpu_ms_per_order"],
+                                                      theirs["driver_cpu_ms_per_order"]],
                           "errors": ours["errors"] + theirs["errors"]})
     print_json("summary (certctl / pebble)", {"rows": table})
     bench_result([result_row(f"ACME complete orders, {r['mode']}, {r['clients']} clients",
@@ -345,6 +519,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=18460)
     parser.add_argument("--pebble-port", type=int, default=14000)
     parser.add_argument("--modes", default="trusted,http-01")
+    parser.add_argument("--targets", default="certctl,pebble")
+    parser.add_argument("--profile", type=int, default=0, help="py-spy one certctl worker; print N frames")
     parser.add_argument("--env", action="append", default=[], help="extra CERTCTL_*=value for the server")
     add_json_flag(parser)
     args = parser.parse_args()

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import orjson
@@ -121,9 +121,19 @@ def identifiers(*names: str) -> list[dict[str, str]]:
     return out
 
 
+class Transport(Protocol):
+    """What the client needs of its HTTP client: httpx.AsyncClient, or the bench's lean keep-alive client."""
+
+    async def get(self, url: str) -> Any: ...
+
+    async def head(self, url: str) -> Any: ...
+
+    async def post(self, url: str, *, content: bytes, headers: dict[str, str]) -> Any: ...
+
+
 @dataclass
 class AcmeClient:
-    http: httpx.AsyncClient
+    http: Transport
     directory_url: str
     key: PrivateKey = field(default_factory=lambda: new_key("ES256"))
     kid: str | None = None
@@ -165,7 +175,8 @@ class AcmeClient:
         header.update(protected or {})
         header = {k: v for k, v in header.items() if v is not None}
         body = b"" if payload is None else payload if isinstance(payload, bytes) else orjson.dumps(payload)
-        response = await self.http.post(url, content=orjson.dumps(jws(key, header, body)), headers=JOSE)
+        response: httpx.Response = await self.http.post(url, content=orjson.dumps(jws(key, header, body)),
+                                                        headers=JOSE)
         self._remember(response)
         return response
 

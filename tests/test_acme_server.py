@@ -45,10 +45,13 @@ class StubValidator:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, str, str, str]] = []
         self.fail: set[str] = set()
+        self.slow: dict[str, asyncio.Event] = {}  # identifier -> released when the validation may finish
 
     async def validate(self, challenge_type: str, identifier_type: str, identifier: str, token: str,
                        key_authorization: str) -> Outcome:
         self.calls.append((challenge_type, identifier_type, identifier, token, key_authorization))
+        if identifier in self.slow:
+            await self.slow[identifier].wait()
         if identifier in self.fail:
             return Outcome(False, "incorrectResponse", "wrong key authorization", {"hostname": identifier})
         return Outcome(True, None, "", {"hostname": identifier, "port": "80"})
@@ -95,7 +98,7 @@ async def acme(database_url: str, tmp_path: Path) -> AsyncIterator[Acme]:
     settings = make_settings(database_url, tmp_path / "data", extra={
         "CERTCTL_ACME_SERVER_ENABLED": "true", "CERTCTL_ACME_SERVER_EAB_REQUIRED_PROFILES": "p-eab",
         "CERTCTL_ACME_SERVER_DEFAULT_PROFILE_ID": "p-acme",
-        "CERTCTL_ACME_SERVER_RATE_LIMIT_CONCURRENT_ORDERS": "3"})
+        "CERTCTL_ACME_SERVER_RATE_LIMIT_CONCURRENT_ORDERS": "3", "CERTCTL_ACME_SERVER_VALIDATION_WAIT": "300ms"})
     api, lifespan = await start_api(settings, clock=clock)
     try:
         for body in ({"id": "p-acme", "name": "acme"},
@@ -357,7 +360,11 @@ async def test_finalize_and_download_are_checked(acme: Acme) -> None:
 
 
 async def test_challenge_mode_validates_off_the_request_path(acme: Acme) -> None:
+    """A challenge POST starts its validation as a task of its own and waits for it a short while
+    (CERTCTL_ACME_SERVER_VALIDATION_WAIT, 300 ms here): a prompt validation is answered at once, a slow one
+    with `processing` and a Retry-After, and it completes after the request has been answered."""
     client = await acme.account(directory=CHALLENGE_DIRECTORY)
+    acme.validator.slow["ok.example.com"] = gate = asyncio.Event()
     order = (await client.order("ok.example.com", "*.wild.example.com", "198.51.100.4")).json()
     assert order["status"] == "pending"
     authzs = [(await client.post(url, None)).json() for url in order["authorizations"]]
@@ -365,12 +372,23 @@ async def test_challenge_mode_validates_off_the_request_path(acme: Acme) -> None
     assert types == {"ok.example.com": ["dns-01", "http-01", "tls-alpn-01"], "wild.example.com": ["dns-01"],
                      "198.51.100.4": ["http-01", "tls-alpn-01"]}
     assert [a.get("wildcard") for a in authzs] == [None, True, None]
-    for authz in authzs:
+    slow_url = ""
+    for url, authz in zip(order["authorizations"], authzs, strict=True):
         challenge = authz["challenges"][0]
         assert len(base64.urlsafe_b64decode(challenge["token"] + "==")) >= 16  # ≥ 128 bits
         answered = await client.post(challenge["url"], {})
-        assert answered.json()["status"] == "processing" and 'rel="up"' in answered.headers["Link"]
+        assert f'<{url}>;rel="up"' in answered.headers["Link"]
+        if authz["identifier"]["value"] == "ok.example.com":  # still validating when the wait ran out
+            assert answered.json()["status"] == "processing" and answered.headers["Retry-After"] == "1"
+            slow_url = url
+            pending = await client.post(url, None)
+            assert pending.json()["status"] == "pending" and pending.headers["Retry-After"] == "1"
+        else:  # validated while the request waited: the answer is the outcome
+            assert answered.json()["status"] == "valid" and "validated" in answered.json()
+            assert "Retry-After" not in answered.headers
+    gate.set()
     await acme.api.services.acme.settle()
+    assert (await client.post(slow_url, None)).json()["status"] == "valid"
     kinds = {(c[0], c[2]) for c in acme.validator.calls}
     assert ("dns-01", "wild.example.com") in kinds
     assert all(c[4] == f"{c[3]}.{thumbprint(client.key)}" for c in acme.validator.calls)

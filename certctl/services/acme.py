@@ -12,8 +12,10 @@ Sequences (each write is one transaction with its audit event):
 - **orders** (§7.4): identifiers checked (dns, ip, wildcards), the profile's SAN patterns applied, rate limits
   hit; `trust_authenticated` profiles create the order `ready` with valid authorizations, `challenge` profiles
   create pending authorizations with http-01 / dns-01 / tls-alpn-01 challenges (128+ bit tokens).
-- **challenges** (§7.5.1): a POST moves the challenge to `processing` and queues validation off the request
-  path; the outcome updates challenge, authorization and order in one transaction.
+- **challenges** (§7.5.1): a POST moves the challenge to `processing` and starts its validation as a task of its
+  own (it completes even if the client goes away); the POST waits for it up to CERTCTL_ACME_SERVER_VALIDATION_WAIT
+  (2 s) and answers with the outcome, else `processing` with a Retry-After. The outcome updates challenge,
+  authorization and order in one transaction.
 - **finalize** (§7.4): the CSR must ask for exactly the order's identifiers and pass the profile's CSR rules
   (`certctl.pki.csr_policy.check_csr`, the same checks as every other issuance path); it is then signed by the
   configured issuer's CA and stored as a managed certificate with source `ACME`: certificate row, version,
@@ -117,6 +119,7 @@ class AcmeSettings:
     identifier_orders_per_hour: int = 300
     new_accounts_per_hour: int = 0  # per profile; 0 = no limit
     gc_interval: float = 60.0
+    validation_wait: float = 2.0  # how long a challenge POST waits for its validation before answering
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AcmeSettings:
@@ -150,6 +153,7 @@ class AcmeSettings:
             identifier_orders_per_hour=limit("IDENTIFIER_ORDERS_PER_HOUR", 300),
             new_accounts_per_hour=limit("NEW_ACCOUNTS_PER_HOUR", 0),
             gc_interval=_seconds(env, "CERTCTL_ACME_SERVER_GC_INTERVAL", "1m", 1.0),
+            validation_wait=_seconds(env, "CERTCTL_ACME_SERVER_VALIDATION_WAIT", "2s", 0.0),
         )
 
 
@@ -324,10 +328,11 @@ class AcmeService:
             task.cancel()
         await asyncio.gather(*list(self._tasks.running), return_exceptions=True)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.running.add(task)
         task.add_done_callback(self._tasks.running.discard)
+        return task
 
     def maybe_gc(self) -> None:
         """Run the sweep at most once per CERTCTL_ACME_SERVER_GC_INTERVAL, off the request path."""
@@ -800,7 +805,9 @@ class AcmeService:
         return challenge, authz
 
     async def respond_challenge(self, account: Row, challenge_id: str) -> tuple[Row, Row]:
-        """RFC 8555 §7.5.1: a pending challenge goes to processing and is validated in the background."""
+        """RFC 8555 §7.5.1: a pending challenge goes to processing and is validated by a task of its own; the
+        answer waits for that task up to `validation_wait`, so a prompt validation is seen by the client's
+        first poll instead of after a Retry-After."""
         challenge, authz = await self.challenge(account, challenge_id)
         if challenge["status"] != A.PENDING:
             return challenge, authz  # already processing or decided: the answer shows its state
@@ -819,16 +826,21 @@ class AcmeService:
             else:
                 started = False
             after = await acme_repo.get_challenge(conn, challenge_id)
-        if started:
-            self._spawn(self._validate(challenge_id))
         assert after is not None
+        if started:
+            task = self._spawn(self._validate(challenge_id))
+            if self.settings.validation_wait > 0:
+                done, _ = await asyncio.wait({task}, timeout=self.settings.validation_wait)  # never cancels it
+                if done and not task.cancelled() and task.exception() is None and task.result() is not None:
+                    after = task.result()
         return after, authz
 
-    async def _validate(self, challenge_id: str) -> None:
+    async def _validate(self, challenge_id: str) -> Row | None:
+        """Validate one processing challenge and record the outcome; returns the challenge as recorded."""
         async with self._read() as conn:
             ctx = await acme_repo.challenge_context(conn, challenge_id)
         if ctx is None or ctx["status"] != A.PROCESSING:
-            return
+            return None
         try:
             outcome = await self.validator.validate(
                 ctx["type"], ctx["identifier_type"], ctx["identifier_value"], ctx["token"],
@@ -839,17 +851,18 @@ class AcmeService:
         except Exception as exc:  # a validator bug must not leave the challenge processing forever
             log.exception("ACME challenge validation failed unexpectedly")
             valid, error_type, detail, record = False, "serverInternal", f"validation failed: {type(exc).__name__}", {}
-        await self.record_validation(challenge_id, valid, error_type, detail, record)
+        return await self.record_validation(challenge_id, valid, error_type, detail, record)
 
     async def record_validation(
         self, challenge_id: str, valid: bool, error_type: str | None, detail: str, record: Mapping[str, Any],
-    ) -> None:
-        """One transaction: challenge, its authorization, the order (ready when all valid, invalid on a failure)."""
+    ) -> Row | None:
+        """One transaction: challenge, its authorization, the order (ready when all valid, invalid on a failure).
+        Returns the challenge as recorded (None when it was no longer processing)."""
         now = self.ctx.clock.now()
         async with self.ctx.db.transaction() as conn:
             challenge = await acme_repo.get_challenge(conn, challenge_id, for_update=True)
             if challenge is None or challenge["status"] != A.PROCESSING:
-                return
+                return None
             authz = await acme_repo.get_authz(conn, challenge["authz_id"], for_update=True)
             assert authz is not None
             order = await acme_repo.get_order(conn, authz["order_id"], for_update=True)
@@ -857,9 +870,9 @@ class AcmeService:
             error = None if valid else {"type": A.ERROR_NS + (error_type or "unauthorized"), "detail": detail,
                                         "status": 403 if error_type in (None, "unauthorized", "incorrectResponse")
                                         else 400}
-            await acme_repo.update_challenge(conn, challenge_id, {
-                "status": A.VALID if valid else A.INVALID, "validated_at": now if valid else None, "error": error,
-                "validation_record": [dict(record)] if record else None, "updated_at": now})
+            changes = {"status": A.VALID if valid else A.INVALID, "validated_at": now if valid else None,
+                       "error": error, "validation_record": [dict(record)] if record else None, "updated_at": now}
+            await acme_repo.update_challenge(conn, challenge_id, changes)
             if authz["status"] == A.PENDING:
                 await acme_repo.update_authz(conn, authz["id"], {
                     "status": A.VALID if valid else A.INVALID, "updated_at": now})
@@ -879,6 +892,7 @@ class AcmeService:
                                "acme_challenge", challenge_id,
                                {"type": challenge["type"], "identifier": authz["identifier_value"], "valid": valid,
                                 "error_type": error_type, "detail": detail, "order_id": order["id"]})
+        return {**dict(challenge), **changes}
 
     # ---- finalize -----------------------------------------------------------------------------------
     async def finalize(self, account: Row, profile: CertificateProfile, order_id: str, csr_der: bytes) -> OrderView:
