@@ -567,6 +567,7 @@ class NotificationService:
                 return "lost_lease"  # read, or taken over after our lease ran out: its new holder records it
             await audit.record(conn, self.ctx.clock, audit_actor(), action, "notification", row["id"], {
                 "channel": row["channel"], "type": row["type"], "attempt": failures + 1, "error": delivery.error,
+                "sender": self.holder,
                 **({"next_retry_at": values["next_retry_at"].isoformat()} if values.get("next_retry_at") else {}),
             })
             metrics.notification(row["channel"], row["type"], result)
