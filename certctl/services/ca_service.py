@@ -123,19 +123,21 @@ class CAService:
         self._loaded[row["id"]] = ca
         return ca
 
-    def ready_issuing_ca(
-        self, issuer: Mapping[Any, Any], cas: list[tuple[str, str, str | None]]
-    ) -> IssuingCA | None:
-        """The CA that signs for a GenericCA issuer, when `issuing_ca_row` would pick it without a question and it
-        is loaded in this process already; else None (the caller takes the general path, which creates, loads or
-        refuses). `cas` are (id, state, parent_ca_id) of the issuer's CA rows as the caller just read them."""
+    def signing_ca_id(self, issuer: Mapping[Any, Any], cas: list[tuple[str, str, str | None]]) -> str | None:
+        """The active CA that `issuing_ca_row` would pick for a GenericCA issuer without a question, from the
+        (id, state, parent_ca_id) of the issuer's CA rows as the caller just read them (so a CA retired meanwhile
+        stops at once); None when there is none or it is not active (the caller then takes `issuing_ca_row`)."""
         if issuer["type"] != IssuerType.GENERIC_CA.value:
             return None
         wanted = str(unseal(self.ctx.sealer, issuer, "issuer").get("issuing_ca_id") or "")
         for ca_id, state, parent_id in cas:
             if (ca_id == wanted) if wanted else (parent_id is None and state == ACTIVE):
-                return self._loaded.get(ca_id) if state == ACTIVE else None
+                return ca_id if state == ACTIVE else None
         return None
+
+    def loaded(self, ca_id: str) -> IssuingCA | None:
+        """The CA's signing view when this process has loaded it already (see `load`)."""
+        return self._loaded.get(ca_id)
 
     async def load_by_id(self, conn: AsyncConnection, ca_id: str) -> IssuingCA:
         row = await ca_repo.get_ca(conn, ca_id)

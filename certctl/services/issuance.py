@@ -55,6 +55,7 @@ from certctl.domain.models.jobs import plan_job_transition
 from certctl.domain.models.profiles import CertificateProfile
 from certctl.observability import metrics
 from certctl.observability.calls import issuer_call, traced_job
+from certctl.pki.ca import IssuingCA
 from certctl.pki.csr_build import build_csr
 from certctl.pki.csr_policy import CheckedCSR, check_csr, general_name, key_facts
 from certctl.pki.leaf import LeafRequest, build_leaf, generate_leaf_key, private_key_pem
@@ -219,52 +220,73 @@ class IssuanceService:
     async def _submit_csr_fast(
         self, actor: Actor, agent_id: str, csr_pem: str, certificate_id: str | None, job_id: str | None
     ) -> CSRAccepted | None:
-        """PostgreSQL, the usual case (a local CA already loaded here, nothing unusual): one read, the checks
-        and the signature, one atomic write (see `issuance_repo.store_agent_issuance`). None when anything is
-        out of the ordinary or the job changed meanwhile: the general path then decides, with the job locked,
-        and answers exactly as it always did (errors included). A rejected CSR is refused here (400) as there."""
+        """PostgreSQL, the usual case (a local CA, nothing unusual): one read, the checks and the signature,
+        one atomic write (see `issuance_repo.store_agent_issuance`). None when anything is out of the ordinary
+        or the job changed meanwhile: the general path then decides, with the job locked, and answers exactly
+        as it always did (errors included). A rejected CSR is refused here (400) as there."""
         if not certificate_id and not job_id:
             return None
-        now = self.ctx.clock.now()
         csr_pem = csr_pem.strip() + "\n"
-        async with self.ctx.db.read() as conn:
-            found = await issuance_repo.csr_intake(conn, agent_id, certificate_id=certificate_id, job_id=job_id,
-                                                   issuing_types=ISSUING_JOB_TYPES)
-            job, cert, issuer = found.job, found.cert, found.issuer
-            if (not found.agent_found or not found.agent_live or job is None or cert is None or issuer is None
-                    or job["status"] != JobStatus.AWAITING_CSR.value or job["type"] not in ISSUING_JOB_TYPES
-                    or (certificate_id and job["certificate_id"] != certificate_id)
-                    or job["agent_id"] not in (None, agent_id) or (job["agent_id"] is None and not found.agent_owns)
-                    or not issuer["enabled"]):
-                return None
-            profile = self._profiles.get(found.profile) if found.profile is not None else None
-            if profile is not None and not profile.enabled:
-                return None
-            ca = self.cas.ready_issuing_ca(issuer, found.cas)
-            if ca is None:
-                return None
-            plan = _Plan(job=job, cert=cert, issuer=issuer, profile=profile, policy=None)
-            checked = self._check(csr_pem, plan)
-            plan_job_transition(plan_job_transition(job["status"], JobStatus.RUNNING, now)["status"],
-                                JobStatus.COMPLETED, now)  # legal moves, as the general path checks them
-            with issuer_call(issuer["type"], issuer["id"], job_id=job["id"]):
-                leaf = build_leaf(ca, self._leaf_request(plan, checked.public_key), new_serial())
-            version = self._version_values(leaf, ca.chain_pem, csr_pem, ca.id, job["id"], cert["id"],
-                                           checked.key_algorithm.value, checked.key_size, now)
-            submitted = audit.build_event(actor, "csr_submitted", "job", job["id"], {
-                "certificate_id": job["certificate_id"], "agent_id": agent_id, "key_algorithm": checked.key_label,
-                "attempt": job["attempts"] + 1,
-            }, now)
-            target_ids = [t[0] for t in found.targets]
-            deployment_ids = [new_id("job") for _ in target_ids]
-            issued = audit.build_event(Actor.system(), "certificate_issued", "certificate", cert["id"], {
-                **self._issued_details(job, cert, version, ca.id, "agent"), "deployment_jobs": [],
-            }, now)  # deployment_jobs: the jobs the write really queues, filled in by it
-            stored = await issuance_repo.store_agent_issuance(
-                conn, job=job, now=now, csr_pem=csr_pem, agent_id=agent_id, version=version,
-                renewal=cert["expires_at"] is not None or job["type"] == JobType.RENEWAL.value,
-                deployment_job_ids=deployment_ids, deployment_targets=target_ids, submitted=submitted, issued=issued,
-            )
+        for _ in range(2):
+            async with self.ctx.db.read() as conn:
+                found = await issuance_repo.csr_intake(conn, agent_id, certificate_id=certificate_id, job_id=job_id,
+                                                       issuing_types=ISSUING_JOB_TYPES)
+                plan = self._fast_plan(found, agent_id, certificate_id)
+                if plan is None:
+                    return None
+                ca_id = self.cas.signing_ca_id(plan.issuer, found.cas)
+                if ca_id is None:
+                    return None
+                ca = self.cas.loaded(ca_id)
+                if ca is not None:
+                    return await self._sign_and_store(conn, actor, agent_id, csr_pem, plan, ca, found.targets)
+            # The CA's first use in this process: load it (on a connection of its own, after this one went
+            # back to the pool, so that concurrent first requests cannot exhaust it), then read again.
+            async with self.ctx.db.read() as conn:
+                await self.cas.load_by_id(conn, ca_id)
+        return None
+
+    def _fast_plan(self, found: issuance_repo.CSRIntake, agent_id: str, certificate_id: str | None) -> _Plan | None:
+        """The plan when the general path would go on to check the CSR and sign without a question; else None."""
+        job, cert, issuer = found.job, found.cert, found.issuer
+        if (not found.agent_found or not found.agent_live or job is None or cert is None or issuer is None
+                or job["status"] != JobStatus.AWAITING_CSR.value or job["type"] not in ISSUING_JOB_TYPES
+                or (certificate_id and job["certificate_id"] != certificate_id)
+                or job["agent_id"] not in (None, agent_id) or (job["agent_id"] is None and not found.agent_owns)
+                or not issuer["enabled"]):
+            return None
+        profile = self._profiles.get(found.profile) if found.profile is not None else None
+        if profile is not None and not profile.enabled:
+            return None
+        return _Plan(job=job, cert=cert, issuer=issuer, profile=profile, policy=None)
+
+    async def _sign_and_store(
+        self, conn: AsyncConnection, actor: Actor, agent_id: str, csr_pem: str, plan: _Plan, ca: IssuingCA,
+        targets: list[tuple[str, str]],
+    ) -> CSRAccepted | None:
+        now = self.ctx.clock.now()
+        job, cert, issuer = plan.job, plan.cert, plan.issuer
+        checked = self._check(csr_pem, plan)
+        plan_job_transition(plan_job_transition(job["status"], JobStatus.RUNNING, now)["status"],
+                            JobStatus.COMPLETED, now)  # legal moves, as the general path checks them
+        with issuer_call(issuer["type"], issuer["id"], job_id=job["id"]):
+            leaf = build_leaf(ca, self._leaf_request(plan, checked.public_key), new_serial())
+        version = self._version_values(leaf, ca.chain_pem, csr_pem, ca.id, job["id"], cert["id"],
+                                       checked.key_algorithm.value, checked.key_size, now)
+        submitted = audit.build_event(actor, "csr_submitted", "job", job["id"], {
+            "certificate_id": job["certificate_id"], "agent_id": agent_id, "key_algorithm": checked.key_label,
+            "attempt": job["attempts"] + 1,
+        }, now)
+        issued = audit.build_event(Actor.system(), "certificate_issued", "certificate", cert["id"], {
+            **self._issued_details(job, cert, version, ca.id, "agent"), "deployment_jobs": [],
+        }, now)  # deployment_jobs: the jobs the write really queues, filled in by it
+        target_ids = [target_id for target_id, _ in targets]
+        stored = await issuance_repo.store_agent_issuance(
+            conn, job=job, now=now, csr_pem=csr_pem, agent_id=agent_id, version=version,
+            renewal=cert["expires_at"] is not None or job["type"] == JobType.RENEWAL.value,
+            deployment_job_ids=[new_id("job") for _ in target_ids], deployment_targets=target_ids,
+            submitted=submitted, issued=issued,
+        )
         if not stored.completed:
             return None  # the job changed since it was read, or the serial was taken: the general path decides
         metrics.job_outcome(job["type"], "completed")

@@ -380,6 +380,8 @@ async def store_agent_issuance(
     for each given target still live, enabled, mapped and without an open one; both audit events are written,
     `issued`'s `deployment_jobs` being the jobs actually queued. Nothing at all is written when the job changed.
     A serial number already used by the CA (`serial_taken`) also writes nothing."""
+    if conn.in_transaction():  # the statement must be its own transaction, not part of one that may roll back
+        raise RuntimeError("store_agent_issuance needs a connection outside any transaction")
     raw = await _driver(conn)
     try:
         record = await _raw_call(conn, raw.fetchrow(
