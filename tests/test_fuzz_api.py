@@ -56,7 +56,8 @@ def _fuzz_operation(operation: Any) -> str | None:
     @given(case=operation.as_strategy())
     def run(case: Any) -> None:
         response = case.call(headers={"Authorization": f"Bearer {ADMIN_KEY}"})
-        if response.status_code >= 500:
+        # A 5xx the operation documents (the digest's 503 while it is off) is the contract's answer, not a bug.
+        if response.status_code >= 500 and str(response.status_code) not in operation.definition.raw["responses"]:
             found[:] = [
                 f"{case.method} {case.formatted_path} → {response.status_code}: {response.text[:300]}\n"
                 f"    reproduce: {case.as_curl_command(headers={'Authorization': 'Bearer <admin key>'})}"

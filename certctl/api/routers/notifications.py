@@ -39,12 +39,16 @@ async def requeue_notification(id: str, services: ServicesDep, actor: AdminDep) 
     return StatusBody(status="requeued")
 
 
-@router.get("/digest/preview", response_class=HTMLResponse, tags=["Digest"], summary="Preview digest email")
+_NOT_CONFIGURED: dict[int | str, dict[str, Any]] = {503: {"description": "Digest service not configured"}}
+
+
+@router.get("/digest/preview", response_class=HTMLResponse, tags=["Digest"], summary="Preview digest email",
+            responses=_NOT_CONFIGURED)
 async def preview_digest(services: ServicesDep) -> HTMLResponse:
     return HTMLResponse(await services.notifications.digest_html())
 
 
-@router.post("/digest/send", tags=["Digest"], summary="Send digest email")
+@router.post("/digest/send", tags=["Digest"], summary="Send digest email", responses=_NOT_CONFIGURED)
 async def send_digest(services: ServicesDep, actor: AdminDep) -> dict[str, str]:
     sent = await services.notifications.send_digest(actor)
     return {"status": "sent", "message": f"digest sent to {sent} recipient(s)"}
