@@ -443,3 +443,33 @@ async def test_no_secret_in_logs_or_responses(
     for secret in secrets:
         assert secret not in logged, secret
         assert secret not in listed.text and secret not in audit.text, secret
+
+
+@pytest.mark.parametrize(("action", "resource_type", "details", "expected"), [
+    ("deployment_completed", "job", {"certificate_id": "mc-1", "target_id": "t-1"},
+     ("DeploymentSuccess", "Certificate {cert} was deployed to target t-1.")),
+    ("deployment_failed", "job", {"certificate_id": "mc-1", "target_id": "t-1", "error": "reload", "will_retry": True},
+     None),  # another attempt follows: not news yet
+    ("deployment_failed", "job", {"certificate_id": "mc-1", "target_id": "t-1", "error": "reload",
+                                  "will_retry": False},
+     ("DeploymentFailure", "Deployment of certificate {cert} to target t-1 failed: reload")),
+    ("job_failed", "job", {"certificate_id": "mc-1", "type": "Deployment", "error": "agent gone"},
+     ("DeploymentFailure", "Deployment of certificate {cert} failed: agent gone")),
+    ("job_failed", "job", {"certificate_id": "mc-1", "type": "Renewal", "attempts": 3, "error": "CA down"},
+     ("RenewalFailure", "Renewal of certificate {cert} failed after 3 attempt(s): CA down")),
+    ("policy_violation_detected", "certificate", {"severity": "Error", "message": "AllowedIssuers: iss-x"},
+     ("PolicyViolation", "Certificate {cert} violates a policy (error): AllowedIssuers: iss-x")),
+    ("certificate_created", "certificate", {}, None),
+])
+def test_which_audit_events_notify(action: str, resource_type: str, details: dict[str, Any],
+                                   expected: tuple[str, str] | None) -> None:
+    from certctl.services.notifications import _event_notice
+
+    planned = _event_notice({"id": "audit-1", "action": action, "resource_type": resource_type,
+                             "resource_id": "mc-1" if resource_type == "certificate" else "job-1",
+                             "details": details, "actor": "system"})
+    if expected is None:
+        assert planned is None
+    else:
+        assert planned is not None and (planned.type, planned.text) == expected
+        assert planned.certificate_id == "mc-1" and planned.dedup_key == "audit:audit-1"

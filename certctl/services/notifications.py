@@ -88,6 +88,10 @@ NOT_CONFIGURED = "channel not configured on this server: nothing was delivered"
 T = NotificationType
 SUCCESS_TYPES = {T.RENEWAL_SUCCESS.value, T.DEPLOYMENT_SUCCESS.value}
 PAGING_CHANNELS = {AlertChannel.PAGERDUTY.value, AlertChannel.OPSGENIE.value}
+#: the severity a receiver is told (the webhook's `severity`), by type
+SEVERITY = {T.EXPIRATION_WARNING.value: "warning", T.RENEWAL_FAILURE.value: "critical",
+            T.DEPLOYMENT_FAILURE.value: "critical", T.REVOCATION.value: "warning", T.POLICY_VIOLATION.value: "warning",
+            T.RENEWAL_SUCCESS.value: "info", T.DEPLOYMENT_SUCCESS.value: "info"}
 #: audit action -> what it notifies (the mapping is refined per event in `_event_notice`)
 EVENT_TYPES = {
     "certificate_issued": T.RENEWAL_SUCCESS,
@@ -222,7 +226,6 @@ class _Planned:
     dedup_key: str
     type: str
     certificate_id: str | None
-    severity: str
     text: str  # with {cert} where the certificate's description goes
 
 
@@ -238,7 +241,6 @@ def _event_notice(event: Mapping[Any, Any]) -> _Planned | None:
         until = f", valid until {d['not_after']}" if d.get("not_after") else ""
         serial = f": serial {d['serial_number']}" if d.get("serial_number") else ""
         text = f"Certificate {{cert}} was issued{serial}{until}."
-        severity = "info"
     elif action == "job_failed":
         if d.get("type") == "Deployment":
             kind, text = T.DEPLOYMENT_FAILURE, f"Deployment of certificate {{cert}} failed: {error}"
@@ -248,27 +250,24 @@ def _event_notice(event: Mapping[Any, Any]) -> _Planned | None:
             text = f"Renewal of certificate {{cert}} failed{tries}: {error}"
         else:
             return None
-        severity = "critical"
     elif action == "renewal_failed":
-        text, severity = f"Renewal of certificate {{cert}} failed: {error}", "critical"
+        text = f"Renewal of certificate {{cert}} failed: {error}"
     elif action == "deployment_completed":
         target = d.get("target_id")
-        text, severity = f"Certificate {{cert}} was deployed{f' to target {target}' if target else ''}.", "info"
+        text = f"Certificate {{cert}} was deployed{f' to target {target}' if target else ''}."
     elif action == "deployment_failed":
         if d.get("will_retry"):
             return None  # only the last attempt's failure is news
         target = d.get("target_id")
         text = f"Deployment of certificate {{cert}}{f' to target {target}' if target else ''} failed: {error}"
-        severity = "critical"
     elif action == "certificate_revoked":
         text = f"Certificate {{cert}} was revoked by {event['actor']} (reason: {d.get('reason') or 'unspecified'})."
-        severity = "warning"
     else:  # policy_violation_detected
         severity = str(d.get("severity") or "Warning").lower()
         text = f"Certificate {{cert}} violates a policy ({severity}): {d.get('message') or d.get('rule_id') or ''}"
     if not cert_id:
         return None
-    return _Planned(f"audit:{event['id']}", kind.value, str(cert_id), severity, text)
+    return _Planned(f"audit:{event['id']}", kind.value, str(cert_id), text)
 
 
 def _describe(cert: Mapping[Any, Any] | None, cert_id: str | None) -> str:
@@ -288,7 +287,7 @@ def _recipient(cert: Mapping[Any, Any] | None) -> str:
 def _notice(row: Mapping[Any, Any]) -> Notice:
     return Notice(id=row["id"], type=row["type"], recipient=row["recipient"], message=row["message"],
                   certificate_id=row["certificate_id"], created_at=row["created_at"],
-                  severity="warning" if row["type"] == T.EXPIRATION_WARNING.value else "info",
+                  severity=SEVERITY.get(row["type"], "info"),
                   metadata={"channel": row["channel"]})
 
 
