@@ -133,6 +133,7 @@ class IssuanceService:
         self.cas = cas
         self.holder = process_holder()
         self._profiles = _ProfileCache()
+        self._parsed_names: dict[tuple[str, ...], tuple[x509.GeneralName, ...]] = {}
         self.connectors = IssuerConnectors(ctx)
         # How long a claim holds without renewal; a crashed holder's jobs are requeued after it (job reaper).
         lease_seconds = ctx.settings.extra.get("CERTCTL_JOB_LEASE_SECONDS") or LEASE.total_seconds()
@@ -576,11 +577,18 @@ class IssuanceService:
         return _Plan(job=job, cert=cert, issuer=issuer, profile=profile, policy=policy)
 
     def _names(self, cert: Mapping[Any, Any]) -> list[x509.GeneralName]:
+        values = (str(cert["common_name"]), *(str(v) for v in cert["sans"] or ()))
+        known = self._parsed_names.get(values)  # the CSR check and the leaf both need them: parsed once
+        if known is not None:
+            return list(known)
         names: list[x509.GeneralName] = []
-        for value in [cert["common_name"], *(cert["sans"] or [])]:
-            name = general_name(str(value))
+        for value in values:
+            name = general_name(value)
             if name is not None and name not in names:
                 names.append(name)
+        if len(self._parsed_names) >= 256:
+            self._parsed_names.clear()
+        self._parsed_names[values] = tuple(names)
         return names
 
     def _validity(self, plan: _Plan) -> timedelta:
