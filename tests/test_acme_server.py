@@ -255,6 +255,8 @@ async def test_account_lookup_update_and_deactivation(acme: Acme) -> None:
     answers = await asyncio.gather(twin_a.register(), twin_b.register())
     assert sorted(a.status_code for a in answers) == [200, 201]
     assert answers[0].headers["Location"] == answers[1].headers["Location"]
+    # One account, one audit event: the loser of the race wrote nothing.
+    assert (await acme.api.audit_actions("acme_account")).count("acme_account_created") == 1
 
     client = await acme.account()
     again = await client.post(client.directory["newAccount"], {"onlyReturnExisting": True}, use_jwk=True)

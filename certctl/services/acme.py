@@ -370,9 +370,13 @@ class AcmeService:
         body = struct.pack(">Q", expiry) + secrets.token_bytes(16)
         return b64e(body + hmac.new(self._nonce_key, body, hashlib.sha256).digest()[:16])
 
-    async def spend_nonce(self, nonce: str | None, account_id: str | None = None) -> Row | None:
-        """RFC 8555 §6.5.1: unknown, expired or already used nonces are `badNonce`. With `account_id` the
-        account row comes back from the same round trip (None when there is no such account)."""
+    def _single(self) -> Any:
+        """A connection for single statements: on PostgreSQL the store sends them to the driver outside any
+        transaction; elsewhere (SQLite) they run in autocommit."""
+        return self.ctx.db.read() if self.ctx.db.dialect == "postgresql" else self._read()
+
+    def _checked_nonce(self, nonce: str | None) -> tuple[str, datetime]:
+        """The nonce's HMAC and expiry checked without the database: (nonce, expiry) or `badNonce`."""
         bad = AcmeProblem("badNonce", "the JWS nonce is unknown, expired or already used")
         try:
             raw = b64d(nonce or "")
@@ -387,11 +391,26 @@ class AcmeService:
         now = self.ctx.clock.now()
         if expiry <= now.timestamp():
             raise bad
-        async with self._read() as conn:  # autocommitted: on PostgreSQL one round trip for nonce and account
-            fresh, account = await acme_repo.spend_nonce(
-                conn, nonce or "", datetime.fromtimestamp(expiry, now.tzinfo), account_id)
+        return nonce or "", datetime.fromtimestamp(expiry, now.tzinfo)
+
+    async def spend_nonce(self, nonce: str | None, account_id: str | None = None) -> Row | None:
+        """RFC 8555 §6.5.1: unknown, expired or already used nonces are `badNonce`. With `account_id` the
+        account row comes back from the same round trip (None when there is no such account)."""
+        value, expires = self._checked_nonce(nonce)
+        async with self._single() as conn:  # on PostgreSQL one statement for nonce and account
+            fresh, account = await acme_repo.spend_nonce(conn, value, expires, account_id)
         if not fresh:
-            raise bad
+            raise AcmeProblem("badNonce", "the JWS nonce is unknown, expired or already used")
+        self.maybe_gc()
+        return account
+
+    async def spend_nonce_for_key(self, nonce: str | None, profile_id: str, thumbprint: str) -> Row | None:
+        """newAccount: the nonce spent and the profile's account of this key read in one round trip."""
+        value, expires = self._checked_nonce(nonce)
+        async with self._single() as conn:
+            fresh, account = await acme_repo.spend_nonce_for_key(conn, value, expires, profile_id, thumbprint)
+        if not fresh:
+            raise AcmeProblem("badNonce", "the JWS nonce is unknown, expired or already used")
         self.maybe_gc()
         return account
 
@@ -457,10 +476,13 @@ class AcmeService:
 
     async def new_account(
         self, profile_id: str, jwk: dict[str, Any], thumbprint: str, payload: Mapping[str, Any], url: str,
+        existing: Row | None = None, *, looked_up: bool = False,
     ) -> tuple[Row, bool]:
-        """RFC 8555 §7.3: returns (account, created). An existing key answers with its account."""
-        async with self._read() as conn:
-            existing = await acme_repo.account_by_thumbprint(conn, profile_id, thumbprint)
+        """RFC 8555 §7.3: returns (account, created). An existing key answers with its account.
+        `looked_up`: `existing` was read already (with the nonce), None meaning the key has no account."""
+        if not looked_up:
+            async with self._read() as conn:
+                existing = await acme_repo.account_by_thumbprint(conn, profile_id, thumbprint)
         if existing is not None:
             if existing["status"] != A.VALID:
                 raise AcmeProblem("unauthorized", f"the account of this key is {existing['status']}", 401)
@@ -480,6 +502,24 @@ class AcmeService:
                         "new accounts")
         now = self.ctx.clock.now()
         account_id = _rand_id("acct")
+        if eab is None and self.ctx.db.dialect == "postgresql":
+            # The common case in one statement: account and audit event written together, or neither when the
+            # same key registered at the same moment (then that account is the answer).
+            values = {
+                "id": account_id, "profile_id": profile_id, "thumbprint": thumbprint, "jwk": jwk,
+                "status": A.VALID, "contact": contact, "terms_agreed": agreed, "eab_key_id": None,
+                "created_at": now, "updated_at": now,
+            }
+            event = audit.build_event(self._actor(account_id), "acme_account_created", "acme_account", account_id,
+                                      {"profile_id": profile_id, "thumbprint": thumbprint, "contact": contact,
+                                       "eab_key_id": None, "terms_agreed": agreed}, now)
+            async with self._single() as conn:
+                if await acme_repo.insert_account_audited(conn, values, event):
+                    return values, True
+                raced = await acme_repo.account_by_thumbprint(conn, profile_id, thumbprint)
+            if raced is None:
+                raise ConflictError("the account could not be created; retry")
+            return raced, False
         try:
             async with self.ctx.db.transaction() as conn:
                 eab_key_id = await self._check_eab(conn, eab, profile_id, jwk, url, account_id, now) \
@@ -746,7 +786,7 @@ class AcmeService:
         return order
 
     async def order(self, account: Row, order_id: str) -> OrderView:
-        async with self._read() as conn:
+        async with self._single() as conn:
             order, authzs = await acme_repo.order_with_authzs(conn, order_id)
         if order is None:
             raise AcmeProblem("malformed", "no such order", 404)
@@ -766,7 +806,7 @@ class AcmeService:
 
     # ---- authorizations and challenges --------------------------------------------------------------
     async def authorization(self, account: Row, authz_id: str) -> AuthzView:
-        async with self._read() as conn:
+        async with self._single() as conn:
             authz, challenges = await acme_repo.authz_with_challenges(conn, authz_id)
         if authz is None:
             raise AcmeProblem("malformed", "no such authorization", 404)
@@ -1034,7 +1074,7 @@ class AcmeService:
     async def certificate_chain(self, account: Row, version_id: str, alternate: int = 0) -> IssuedChain:
         """RFC 8555 §7.4.2: the leaf and its chain; only the account that ordered it may download it.
         Alternate 1 (when it differs) leaves the self-signed root out."""
-        async with self._read() as conn:
+        async with self._single() as conn:
             version = await acme_repo.version_with_owner(conn, version_id)
         if version is None or version["account_id"] is None:
             raise AcmeProblem("malformed", "no such certificate", 404)

@@ -6,12 +6,15 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, delete, func, literal, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+import asyncpg
+import orjson
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from certctl.domain.errors import UnavailableError
 from certctl.store import rows
+from certctl.store.database import STORAGE_FULL
 from certctl.store.rows import Row, cached_statement
 from certctl.store.schema import (
     acme_accounts,
@@ -33,6 +36,56 @@ from certctl.store.schema import (
 _OPEN_ORDER_STATUSES = ("pending", "ready", "processing")
 
 
+# ---- PostgreSQL: the per-request statements straight to asyncpg ---------------------------------------
+# Every ACME request spends a nonce and most read one row set; through SQLAlchemy each statement costs more
+# Python CPU (compile cache lookup, parameter and result processing, the autocommit dance) than PostgreSQL's own
+# work. These go to asyncpg as prepared statements (kept per connection), outside any transaction: a single
+# statement is its own transaction, so a spend, or an insert with its audit row in one statement, is atomic.
+_ACCOUNT_COLUMNS = tuple(c.name for c in acme_accounts.c)
+_ACCOUNT_SELECT = ", ".join(f'a."{c}"' for c in _ACCOUNT_COLUMNS)
+_SPENT = ("WITH spent AS (INSERT INTO acme_nonces (value, expires_at) VALUES ($1, $2) "
+          "ON CONFLICT (value) DO NOTHING RETURNING 1) ")
+_PG_SPEND = _SPENT + "SELECT count(*) FROM spent"
+_PG_SPEND_ACCOUNT = (_SPENT + f"SELECT (SELECT count(*) FROM spent) AS _fresh, {_ACCOUNT_SELECT} "
+                     "FROM (SELECT 1) AS one LEFT JOIN acme_accounts a ON a.id = $3")
+_PG_SPEND_THUMBPRINT = (_SPENT + f"SELECT (SELECT count(*) FROM spent) AS _fresh, {_ACCOUNT_SELECT} "
+                        "FROM (SELECT 1) AS one LEFT JOIN acme_accounts a ON a.profile_id = $3 AND a.thumbprint = $4")
+
+
+async def _driver(conn: AsyncConnection) -> Any:
+    return (await conn.get_raw_connection()).driver_connection
+
+
+async def _raw(conn: AsyncConnection, call: Any) -> Any:
+    """Driver errors as the store reports them elsewhere: an unreachable or full database is a 503."""
+    try:
+        return await call
+    except asyncpg.DiskFullError:
+        raise UnavailableError(STORAGE_FULL) from None
+    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+            asyncpg.AdminShutdownError, OSError) as exc:
+        await conn.invalidate()
+        raise UnavailableError("the database is unavailable; retry shortly") from exc
+
+
+def _columns(alias: str, table: Any, prefix: str = "") -> str:
+    return ", ".join(f'{alias}."{c.name}" AS "{prefix}{c.name}"' for c in table.c)
+
+
+_PG_ORDER_AUTHZS = (f"SELECT {_columns('o', acme_orders)}, z.id AS _authz_id, z.status AS _authz_status, "
+                    "z.expires_at AS _authz_expires_at FROM acme_orders o "
+                    "LEFT JOIN acme_authorizations z ON z.order_id = o.id WHERE o.id = $1 ORDER BY z.id")
+_PG_AUTHZ_CHALLENGES = (f"SELECT {_columns('z', acme_authorizations)}, {_columns('c', acme_challenges, '_c_')} "
+                        "FROM acme_authorizations z LEFT JOIN acme_challenges c ON c.authz_id = z.id "
+                        "WHERE z.id = $1 ORDER BY c.id")
+_PG_VERSION_OWNER = ("SELECT v.id, v.pem_chain, v.ca_id, o.account_id FROM certificate_versions v "
+                     "LEFT JOIN acme_orders o ON o.version_id = v.id WHERE v.id = $1 LIMIT 1")
+
+
+def _account_of(record: Any) -> dict[str, Any] | None:
+    return {c: record[c] for c in _ACCOUNT_COLUMNS} if record["id"] is not None else None
+
+
 # ---- nonces -----------------------------------------------------------------------------------------
 async def spend_nonce(
     conn: AsyncConnection, value: str, expires_at: datetime, account_id: str | None = None,
@@ -40,29 +93,31 @@ async def spend_nonce(
     """Record a nonce as used: (False, ...) when it was used before, on any replica. With `account_id` the
     account row is read too: on PostgreSQL in the same statement (one round trip per ACME request)."""
     dialect = conn.dialect.name
-    params = {"value": value, "expires_at": expires_at, "account_id": account_id or ""}
-    if dialect == "postgresql" and account_id is not None:
-        stmt = cached_statement(("acme_spend_nonce_account",), _spend_with_account)
-        row = (await conn.execute(stmt, params)).mappings().first()
-        assert row is not None
-        found = {c.name: row[c.name] for c in acme_accounts.c} if row["id"] is not None else None
-        return bool(row["_fresh"]), found
-    stmt = cached_statement(("acme_spend_nonce", dialect), lambda: (
-        pg_insert(acme_nonces) if dialect == "postgresql" else sqlite_insert(acme_nonces)
-    ).on_conflict_do_nothing(index_elements=["value"]))
+    if dialect == "postgresql":
+        raw = await _driver(conn)
+        if account_id is None:
+            return bool(await _raw(conn, raw.fetchval(_PG_SPEND, value, expires_at))), None
+        record = await _raw(conn, raw.fetchrow(_PG_SPEND_ACCOUNT, value, expires_at, account_id))
+        return bool(record["_fresh"]), _account_of(record)
+    stmt = cached_statement(("acme_spend_nonce", dialect), lambda: sqlite_insert(acme_nonces)
+                            .on_conflict_do_nothing(index_elements=["value"]))
     result = await conn.execute(stmt, {"value": value, "expires_at": expires_at})
     fresh = bool(result.rowcount == 1)
     account = await get_account(conn, account_id) if fresh and account_id is not None else None
     return fresh, account
 
 
-def _spend_with_account() -> Any:
-    spent = (pg_insert(acme_nonces).values(value=bindparam("value"), expires_at=bindparam("expires_at"))
-             .on_conflict_do_nothing(index_elements=["value"]).returning(acme_nonces.c.value).cte("spent"))
-    fresh = select(func.count()).select_from(spent).scalar_subquery().label("_fresh")
-    one = select(literal(1).label("one")).subquery("one")
-    return select(fresh, *acme_accounts.c).select_from(
-        one.outerjoin(acme_accounts, acme_accounts.c.id == bindparam("account_id")))
+async def spend_nonce_for_key(
+    conn: AsyncConnection, value: str, expires_at: datetime, profile_id: str, thumbprint: str,
+) -> tuple[bool, Mapping[Any, Any] | None]:
+    """Spend a nonce and read the profile's account of a key thumbprint (newAccount): one statement on
+    PostgreSQL."""
+    if conn.dialect.name == "postgresql":
+        raw = await _driver(conn)
+        record = await _raw(conn, raw.fetchrow(_PG_SPEND_THUMBPRINT, value, expires_at, profile_id, thumbprint))
+        return bool(record["_fresh"]), _account_of(record)
+    fresh, _ = await spend_nonce(conn, value, expires_at)
+    return fresh, await account_by_thumbprint(conn, profile_id, thumbprint) if fresh else None
 
 
 async def delete_expired_nonces(conn: AsyncConnection, now: datetime) -> int:
@@ -104,6 +159,31 @@ async def account_by_thumbprint(conn: AsyncConnection, profile_id: str, thumbpri
 
 async def insert_account(conn: AsyncConnection, values: Mapping[str, Any]) -> None:
     await rows.insert_row(conn, acme_accounts, values)
+
+
+_ACCOUNT_INSERT_COLUMNS = ("id", "profile_id", "thumbprint", "jwk", "status", "contact", "terms_agreed",
+                           "eab_key_id", "created_at", "updated_at")
+_AUDIT_COLUMNS = ("id", "actor", "actor_type", "action", "resource_type", "resource_id", "details", "timestamp")
+_PG_INSERT_ACCOUNT_AUDITED = (
+    "WITH acc AS (INSERT INTO acme_accounts (" + ", ".join(f'"{c}"' for c in _ACCOUNT_INSERT_COLUMNS) + ") "
+    "VALUES ($1, $2, $3, $4::jsonb, $5, $6::jsonb, $7, $8, $9, $10) "
+    "ON CONFLICT (profile_id, thumbprint) DO NOTHING RETURNING id), "
+    "ev AS (INSERT INTO audit_events (" + ", ".join(f'"{c}"' for c in _AUDIT_COLUMNS) + ") "
+    "SELECT $11::text, $12::text, $13::text, $14::text, $15::text, $16::text, $17::jsonb, $18::timestamptz "
+    "FROM acc) SELECT count(*) FROM acc")
+
+
+async def insert_account_audited(
+    conn: AsyncConnection, values: Mapping[str, Any], event: Mapping[str, Any],
+) -> bool:
+    """PostgreSQL: the account and its audit event in one statement (so one transaction); False, and nothing
+    written, when the profile already has an account for this key (a concurrent newAccount won)."""
+    assert conn.dialect.name == "postgresql"
+    raw = await _driver(conn)
+    # JSON columns go to the driver as text, as SQLAlchemy's serializer hands them over.
+    args = [orjson.dumps(values[c]).decode() if c in ("jwk", "contact") else values[c] for c in _ACCOUNT_INSERT_COLUMNS]
+    args += [orjson.dumps(event[c]).decode() if c == "details" else event[c] for c in _AUDIT_COLUMNS]
+    return bool(await _raw(conn, raw.fetchval(_PG_INSERT_ACCOUNT_AUDITED, *args)))
 
 
 async def update_account(conn: AsyncConnection, account_id: str, values: Mapping[str, Any]) -> None:
@@ -172,13 +252,10 @@ async def order_with_authzs(
     conn: AsyncConnection, order_id: str,
 ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """An order and its authorizations' (id, status, expires_at) in one statement."""
-    o, z = acme_orders.c, acme_authorizations.c
-    stmt = cached_statement(("acme_order_authzs",), lambda: select(
-        acme_orders, z.id.label("_authz_id"), z.status.label("_authz_status"),
-        z.expires_at.label("_authz_expires_at"),
-    ).select_from(acme_orders.outerjoin(acme_authorizations, z.order_id == o.id))
-        .where(o.id == bindparam("o")).order_by(z.id))
-    found = list((await conn.execute(stmt, {"o": order_id})).mappings().all())
+    if conn.dialect.name == "postgresql":
+        found = list(await _raw(conn, (await _driver(conn)).fetch(_PG_ORDER_AUTHZS, order_id)))
+    else:
+        found = await _order_authz_rows(conn, order_id)
     if not found:
         return None, []
     order = {c.name: found[0][c.name] for c in acme_orders.c}
@@ -187,16 +264,29 @@ async def order_with_authzs(
     return order, authzs
 
 
+async def _order_authz_rows(conn: AsyncConnection, order_id: str) -> list[Any]:
+    o, z = acme_orders.c, acme_authorizations.c
+    stmt = cached_statement(("acme_order_authzs",), lambda: select(
+        acme_orders, z.id.label("_authz_id"), z.status.label("_authz_status"),
+        z.expires_at.label("_authz_expires_at"),
+    ).select_from(acme_orders.outerjoin(acme_authorizations, z.order_id == o.id))
+        .where(o.id == bindparam("o")).order_by(z.id))
+    return list((await conn.execute(stmt, {"o": order_id})).mappings().all())
+
+
 async def authz_with_challenges(
     conn: AsyncConnection, authz_id: str,
 ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """An authorization and its challenges in one statement."""
     z, c = acme_authorizations.c, acme_challenges.c
-    stmt = cached_statement(("acme_authz_challs",), lambda: select(
-        acme_authorizations, *(col.label(f"_c_{col.name}") for col in acme_challenges.c),
-    ).select_from(acme_authorizations.outerjoin(acme_challenges, c.authz_id == z.id))
-        .where(z.id == bindparam("z")).order_by(c.id))
-    found = list((await conn.execute(stmt, {"z": authz_id})).mappings().all())
+    if conn.dialect.name == "postgresql":
+        found = list(await _raw(conn, (await _driver(conn)).fetch(_PG_AUTHZ_CHALLENGES, authz_id)))
+    else:
+        stmt = cached_statement(("acme_authz_challs",), lambda: select(
+            acme_authorizations, *(col.label(f"_c_{col.name}") for col in acme_challenges.c),
+        ).select_from(acme_authorizations.outerjoin(acme_challenges, c.authz_id == z.id))
+            .where(z.id == bindparam("z")).order_by(c.id))
+        found = list((await conn.execute(stmt, {"z": authz_id})).mappings().all())
     if not found:
         return None, []
     authz = {col.name: found[0][col.name] for col in acme_authorizations.c}
@@ -304,8 +394,11 @@ async def version_by_fingerprint(conn: AsyncConnection, fingerprint: str) -> Row
     return (await conn.execute(stmt, {"f": fingerprint})).mappings().first()
 
 
-async def version_with_owner(conn: AsyncConnection, version_id: str) -> Row | None:
+async def version_with_owner(conn: AsyncConnection, version_id: str) -> Mapping[Any, Any] | None:
     """A version's chain and CA with the account of the order that produced it (NULL: not an ACME order)."""
+    if conn.dialect.name == "postgresql":
+        record = await _raw(conn, (await _driver(conn)).fetchrow(_PG_VERSION_OWNER, version_id))
+        return dict(record) if record is not None else None
     v, o = certificate_versions.c, acme_orders.c
     stmt = cached_statement(("acme_version_owner",), lambda: select(v.id, v.pem_chain, v.ca_id, o.account_id)
                             .select_from(certificate_versions.outerjoin(acme_orders, o.version_id == v.id))

@@ -116,11 +116,19 @@ async def _signed(request: Request, service: AcmeService, urls: Urls, *, use: st
         account = await service.account(urls.profile_id, account_id, row, loaded=True)
         key = J.account_key(account["jwk"])
     else:
-        await service.spend_nonce(jws.nonce)
         if use == "kid":
+            await service.spend_nonce(jws.nonce)
             raise AcmeProblem("malformed", "this request must be signed with the account's kid, not a jwk")
         assert jws.jwk is not None
-        key = J.account_key(jws.jwk)
+        try:
+            key = J.account_key(jws.jwk)
+        except AcmeProblem:
+            await service.spend_nonce(jws.nonce)  # the nonce is spent whatever is wrong with the request
+            raise
+        if use == "jwk":  # newAccount: the key's account comes back with the nonce spend
+            account = await service.spend_nonce_for_key(jws.nonce, urls.profile_id, key.thumbprint)
+        else:
+            await service.spend_nonce(jws.nonce)
     J.verify(jws, key)
     return Signed(jws, account, key)
 
@@ -223,7 +231,8 @@ async def new_account(request: Request, service: AcmeService) -> Response:
     urls = Urls(request, service, profile.id)
     signed = await _signed(request, service, urls, use="jwk")
     account, created = await service.new_account(profile.id, signed.key.jwk, signed.key.thumbprint,
-                                                 signed.jws.json_payload(), urls.base + request.url.path)
+                                                 signed.jws.json_payload(), urls.base + request.url.path,
+                                                 signed.account, looked_up=True)
     return _json(_account_json(account, urls), 201 if created else 200,
                  {"Location": urls.of("account", account["id"])})
 
