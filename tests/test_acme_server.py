@@ -420,6 +420,8 @@ async def test_rate_limits_answer_with_retry_after(acme: Acme) -> None:
         assert (await client.order(f"{name}.example.com")).status_code == 201
     limited = problem(await client.order("four.example.com"), "rateLimited", 429)
     assert "open orders" in limited["detail"]
+    # Each accepted order audited once; the refused one wrote nothing (no order, no event).
+    assert (await acme.api.audit_actions("acme_order")).count("acme_order_created") == 3
     acme.limiter.refuse.add("acme:identifier:dns:busy.example.com")
     other = await acme.account()
     response = await other.order("busy.example.com")

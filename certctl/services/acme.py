@@ -730,6 +730,23 @@ class AcmeService:
             "replaces": payload.get("replaces") if replaced else None,
             "replaces_order_id": replaced["id"] if replaced else None, "created_at": now, "updated_at": now,
         }
+        details = {"identifiers": identifiers, "profile_id": profile.id, "mode": profile.acme_auth_mode,
+                   "replaces_order_id": order["replaces_order_id"]}
+        if replaced is None and self.ctx.db.dialect == "postgresql":
+            # The common case in one statement: the open-order limit checked and order, authorizations,
+            # challenges and audit event written together, or nothing.
+            event = audit.build_event(self._actor(account["id"]), "acme_order_created", "acme_order", order_id,
+                                      details, now)
+            async with self._single() as conn:
+                written = await acme_repo.insert_order_audited(conn, order, authzs, challenges, event,
+                                                               open_limit=self.settings.concurrent_orders)
+            if not written:
+                metrics.acme_order("rate_limited")
+                raise AcmeProblem("rateLimited", f"at most {self.settings.concurrent_orders} open orders per "
+                                  "account; finish or abandon one", 429, retry_after=60.0)
+            metrics.acme_order("created")
+            return OrderView(order, [{"id": a["id"], "status": a["status"], "expires_at": a["expires_at"]}
+                                     for a in authzs])
         async with self.ctx.db.transaction() as conn:
             if self.settings.concurrent_orders and await acme_repo.count_open_orders(
                     conn, account["id"], now) >= self.settings.concurrent_orders:
@@ -745,9 +762,7 @@ class AcmeService:
                     await acme_repo.update_order(conn, current["id"], {"replaces_order_id": None})
             await acme_repo.insert_order(conn, order, authzs, challenges)
             await audit.record(conn, self.ctx.clock, self._actor(account["id"]), "acme_order_created",
-                               "acme_order", order_id,
-                               {"identifiers": identifiers, "profile_id": profile.id, "mode": profile.acme_auth_mode,
-                                "replaces_order_id": order["replaces_order_id"]})
+                               "acme_order", order_id, details)
         metrics.acme_order("created")
         return OrderView(order, [{"id": a["id"], "status": a["status"], "expires_at": a["expires_at"]}
                                  for a in authzs])

@@ -231,6 +231,58 @@ async def insert_order(
     await rows.insert_many(conn, acme_challenges, challenges)
 
 
+_OPEN = "('" + "', '".join(_OPEN_ORDER_STATUSES) + "')"
+_AUDIT_INSERT = "INSERT INTO audit_events (" + ", ".join(f'"{c}"' for c in _AUDIT_COLUMNS) + ") "
+_PG_INSERT_ORDER_AUDITED = f"""
+WITH ok AS (
+  SELECT $14::int = 0 OR (SELECT count(*) FROM acme_orders WHERE account_id = $2 AND status IN {_OPEN}
+                          AND expires_at > $8) < $14 AS ok),
+o AS (
+  INSERT INTO acme_orders (id, account_id, profile_id, status, identifiers, not_before, not_after, expires_at, error,
+                           certificate_id, version_id, replaces, replaces_order_id, created_at, updated_at)
+  SELECT $1, $2, $3, $4, $5::jsonb, $6, $7, $9, NULL, NULL, NULL, NULL, NULL, $8, $8 FROM ok WHERE ok.ok
+  RETURNING id),
+z AS (
+  INSERT INTO acme_authorizations (id, order_id, account_id, identifier_type, identifier_value, wildcard, status,
+                                   expires_at, created_at, updated_at)
+  SELECT u.id, o.id, $2, u.kind, u.value, u.wildcard, $10, $11, $8, $8
+  FROM o, unnest($15::text[], $16::text[], $17::text[], $18::bool[]) AS u(id, kind, value, wildcard)),
+c AS (
+  INSERT INTO acme_challenges (id, authz_id, type, token, status, validated_at, error, validation_record,
+                               created_at, updated_at)
+  SELECT u.id, u.authz_id, u.type, u.token, $12, $13, NULL, NULL, $8, $8
+  FROM o, unnest($19::text[], $20::text[], $21::text[], $22::text[]) AS u(id, authz_id, type, token)),
+ev AS (
+  {_AUDIT_INSERT}
+  SELECT $23::text, $24::text, $25::text, $26::text, $27::text, $28::text, $29::jsonb, $30::timestamptz FROM o)
+SELECT count(*) FROM o"""
+
+
+async def insert_order_audited(
+    conn: AsyncConnection, order: Mapping[str, Any], authzs: Sequence[Mapping[str, Any]],
+    challenges: Sequence[Mapping[str, Any]], event: Mapping[str, Any], *, open_limit: int,
+) -> bool:
+    """PostgreSQL: an order (no `replaces`), its authorizations and challenges and its audit event in one
+    statement, written only while the account has fewer than `open_limit` open orders (0: no limit); False,
+    and nothing written, when it has that many. Authorizations share one status and expiry, challenges one
+    status and validation time, as a new order's do."""
+    assert conn.dialect.name == "postgresql" and order["replaces_order_id"] is None
+    assert len({a["status"] for a in authzs}) == 1 and len({c["status"] for c in challenges}) == 1
+    raw = await _driver(conn)
+    args = [
+        order["id"], order["account_id"], order["profile_id"], order["status"],
+        orjson.dumps(order["identifiers"]).decode(), order["not_before"], order["not_after"], order["created_at"],
+        order["expires_at"], authzs[0]["status"], authzs[0]["expires_at"], challenges[0]["status"],
+        challenges[0]["validated_at"], open_limit,
+        [a["id"] for a in authzs], [a["identifier_type"] for a in authzs],
+        [a["identifier_value"] for a in authzs], [a["wildcard"] for a in authzs],
+        [c["id"] for c in challenges], [c["authz_id"] for c in challenges], [c["type"] for c in challenges],
+        [c["token"] for c in challenges],
+        *(orjson.dumps(event[c]).decode() if c == "details" else event[c] for c in _AUDIT_COLUMNS),
+    ]
+    return bool(await _raw(conn, raw.fetchval(_PG_INSERT_ORDER_AUDITED, *args)))
+
+
 async def get_order(conn: AsyncConnection, order_id: str, *, for_update: bool = False) -> Row | None:
     if for_update:
         return await rows.get_row_for_update(conn, acme_orders, order_id)
