@@ -149,6 +149,18 @@ async def test_events_before_the_lookback_window_are_not_replayed(napi: Api) -> 
     assert (await api.services.notifications.process_audit_events()) == {"events": 0, "queued": 0}
 
 
+async def test_outbox_pages_through_events_of_one_instant(napi: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake clock stands still: every event has the same timestamp, so pages are told apart by id."""
+    from certctl.services import notifications as module
+
+    monkeypatch.setattr(module, "OUTBOX_BATCH", 2)
+    certs = [await factories.seed_certificate(api) for api in [napi] * 5]
+    for cert in certs:
+        assert (await napi.admin.post(f"/api/v1/certificates/{cert['id']}/revoke")).status_code == 200
+    assert await napi.services.notifications.process_audit_events() == {"events": 5, "queued": 5}
+    assert {r["certificate_id"] for r in await _rows(napi)} == {c["id"] for c in certs}
+
+
 # ---- expiry alerts ------------------------------------------------------------------------------------------------
 
 async def test_expiry_alerts_per_threshold_and_channel_deduplicated(napi: Api) -> None:

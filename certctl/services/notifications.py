@@ -403,9 +403,8 @@ class NotificationService:
             last: tuple[datetime, str] | None = None
             queued: list[str] = []
             while True:
-                events = await notifications_repo.audit_events_since(conn, since, list(EVENT_TYPES), OUTBOX_BATCH)
-                if last is not None:
-                    events = [e for e in events if (e["timestamp"], e["id"]) > last]
+                events = await notifications_repo.audit_events_since(conn, since, list(EVENT_TYPES), OUTBOX_BATCH,
+                                                                     after=last)
                 if not events:
                     break
                 counts["events"] += len(events)
@@ -414,7 +413,6 @@ class NotificationService:
                 last = (events[-1]["timestamp"], events[-1]["id"])
                 if len(events) < OUTBOX_BATCH:
                     break
-                since = last[0]  # the next page (rows at the same instant are filtered by `last` above)
             # The cursor moves to the last event read, or to now - lookback when that is later: the next read
             # starts a lookback before it, so it never re-reads more than two lookbacks of events.
             moved = max(last or (now - OUTBOX_LOOKBACK, ""), (now - OUTBOX_LOOKBACK, ""))

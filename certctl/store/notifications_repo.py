@@ -134,12 +134,14 @@ async def set_cursor(conn: AsyncConnection, name: str, timestamp: datetime, even
 
 async def audit_events_since(
     conn: AsyncConnection, since: datetime, actions: Sequence[str], limit: int,
+    after: tuple[datetime, str] | None = None,
 ) -> list[Row]:
-    """Events with the given actions at or after `since`, oldest first (ix_audit_timestamp)."""
-    stmt = (
-        select(audit_events).where(_a.timestamp >= since, _a.action.in_(actions))
-        .order_by(_a.timestamp, _a.id).limit(limit)
-    )
+    """Events with the given actions at or after `since` (and after the (timestamp, id) `after`, the keyset of
+    the page before), oldest first (ix_audit_timestamp)."""
+    where = [_a.timestamp >= since, _a.action.in_(actions)]
+    if after is not None:
+        where.append(or_(_a.timestamp > after[0], and_(_a.timestamp == after[0], _a.id > after[1])))
+    stmt = select(audit_events).where(*where).order_by(_a.timestamp, _a.id).limit(limit)
     return list((await conn.execute(stmt)).mappings())
 
 
