@@ -5,12 +5,14 @@ and no secret in a response or a log line. Time moves with the injected clock, n
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import io
 import logging
 import re
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -485,3 +487,57 @@ def test_which_audit_events_notify(action: str, resource_type: str, details: dic
     else:
         assert planned is not None and (planned.type, planned.text) == expected
         assert planned.certificate_id == "mc-1" and planned.dedup_key == "audit:audit-1"
+
+
+# ---- two senders on one database ----------------------------------------------------------------------------------
+
+async def test_two_senders_deliver_each_row_once_including_retries(napi: Api, hook: HttpReceiver) -> None:
+    """Two services with their own lease holder (as two servers have) claim from one database at the same time."""
+    from certctl.services.notifications import NotificationService
+
+    api = napi
+    first, second = api.services.notifications, NotificationService(api.services.ctx)
+    try:
+        certs = [await factories.seed_certificate(api) for _ in range(12)]
+        for cert in certs:
+            assert (await api.admin.post(f"/api/v1/certificates/{cert['id']}/revoke")).status_code == 200
+        await first.process_audit_events()
+        hook.statuses[:] = [503] * 4 + [200]  # four deliveries fail once, the rest succeed
+        results = await asyncio.gather(first.deliver_pending(), second.deliver_pending())
+        assert sum(r["claimed"] for r in results) == 12
+        assert sum(r.get("failed", 0) for r in results) == 4 and sum(r.get("sent", 0) for r in results) == 8
+        _clock(api).advance(timedelta(minutes=1))
+        retried = await asyncio.gather(first.deliver_retries(), second.deliver_retries())
+        assert sum(r.get("sent", 0) for r in retried) == 4
+        assert {r["status"] for r in await _rows(api)} == {"sent"}
+        successes = Counter(r.headers["x-certctl-notification-id"] for r in hook.received)
+        assert len(successes) == 12 and sum(successes.values()) == 16  # 12 rows; 4 of them tried twice
+        senders = {a["details"]["sender"] for a in await _audit(api, "notification_sent")}
+        assert senders <= {first.holder, second.holder}
+    finally:
+        await second.aclose()
+
+
+async def test_a_sender_that_died_mid_batch_leaves_its_rows_to_another_after_the_lease(napi: Api) -> None:
+    from certctl.services.notifications import LEASE, NotificationService
+    from certctl.store import notifications_repo
+
+    api = napi
+    clock = _clock(api)
+    cert = await factories.seed_certificate(api)
+    assert (await api.admin.post(f"/api/v1/certificates/{cert['id']}/revoke")).status_code == 200
+    await api.services.notifications.process_audit_events()
+    async with api.services.ctx.db.transaction() as conn:  # a server claims the row, then is killed
+        [claimed] = await notifications_repo.claim_due(conn, retries=False, now=clock.now(), limit=10,
+                                                       holder="dead-server", lease_until=clock.now() + LEASE)
+    other = NotificationService(api.services.ctx)
+    try:
+        assert (await other.deliver_pending())["claimed"] == 0  # leased: not taken while the lease runs
+        clock.advance(LEASE + timedelta(seconds=1))
+        assert (await other.deliver_pending())["sent"] == 1
+        async with api.services.ctx.db.transaction() as conn:  # the old holder's late outcome is not recorded
+            assert not await notifications_repo.finish(conn, claimed["id"], "dead-server", {"status": "failed"})
+        [row] = await _rows(api, id=claimed["id"])
+        assert row["status"] == "sent" and row["claimed_by"] is None
+    finally:
+        await other.aclose()
