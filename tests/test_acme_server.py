@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 
 from certctl.domain.clock import FakeClock
 from certctl.services.acme import ari_cert_id, parse_ari_cert_id, serial_der_bytes
+from tests import factories
 from tests.acme_client import JOSE, AcmeClient, b64, csr_der, eab_jws, jwk_of, jws, new_key, thumbprint
 from tests.conftest import Api, make_settings, start_api, stop_api
 
@@ -134,6 +135,7 @@ async def managed_acme_certificates(api: Api) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("alg", ["ES256", "RS256", "EdDSA"])
 async def test_accounts_of_each_algorithm_issue_into_the_inventory(acme: Acme, alg: str) -> None:
     client = await acme.account(alg)
+    rule = await factories.policy_rule(acme.api.admin, name="prod only")  # ACME certificates have no environment
     names = ("www.example.com", "*.apps.example.com", "192.0.2.7")
     pem, order = await client.issue(*names)
     certs = x509.load_pem_x509_certificates(pem.encode())
@@ -147,6 +149,9 @@ async def test_accounts_of_each_algorithm_issue_into_the_inventory(acme: Acme, a
     assert managed["source"] == "ACME" and managed["certificate_profile_id"] == "p-acme"
     assert managed["status"] == "Active" and managed["common_name"] == "www.example.com"
     assert "certificate_issued" in await acme.api.audit_actions("certificate")
+    # The policy rules were evaluated in the issuing transaction.
+    violations = (await acme.api.admin.get(f"/api/v1/policies/{rule['id']}/violations")).json()["data"]
+    assert [v["certificate_id"] for v in violations] == [managed["id"]]
     # The account's orders list names the order.
     account = (await client.post(client.kid or "", None)).json()
     listed = (await client.post(account["orders"], None)).json()

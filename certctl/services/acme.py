@@ -310,6 +310,13 @@ class AcmeService:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
             yield conn
 
+    @asynccontextmanager
+    async def _driver_transaction(self) -> AsyncIterator[AsyncConnection]:
+        """PostgreSQL: one transaction shared by the store's driver-level statements and SQLAlchemy's (the
+        connection is in autocommit mode, so SQLAlchemy opens none of its own)."""
+        async with self._read() as conn, acme_repo.driver_transaction(conn):
+            yield conn
+
     @property
     def validator(self) -> Any:
         if self._validator is None:
@@ -850,12 +857,10 @@ class AcmeService:
         return await self.authorization(account, authz_id)
 
     async def challenge(self, account: Row, challenge_id: str) -> tuple[Row, Row]:
-        async with self._read() as conn:
-            challenge = await acme_repo.get_challenge(conn, challenge_id)
-            if challenge is None:
-                raise AcmeProblem("malformed", "no such challenge", 404)
-            authz = await acme_repo.get_authz(conn, challenge["authz_id"])
-        assert authz is not None
+        async with self._single() as conn:
+            challenge, authz = await acme_repo.challenge_with_authz(conn, challenge_id)
+        if challenge is None or authz is None:
+            raise AcmeProblem("malformed", "no such challenge", 404)
         self._own(account, authz)
         return challenge, authz
 
@@ -869,9 +874,22 @@ class AcmeService:
         if authz["status"] != A.PENDING or authz["expires_at"] <= self.ctx.clock.now():
             state = authz["status"] if authz["status"] != A.PENDING else "expired"
             raise AcmeProblem("malformed", f"the authorization is {state}")
-        await self._hit(f"acme:challenge:{challenge_id}", self.settings.challenge_responses_per_hour, 3600.0,
-                        "challenge responses")
+        # CERTCTL_ACME_SERVER_RATE_LIMIT_CHALLENGE_RESPONSES_PER_HOUR needs no shared-store trip: only a pending
+        # challenge's response starts a validation and the claim below is atomic, so each challenge is
+        # validated at most once, within any limit of one or more.
         now = self.ctx.clock.now()
+        if self.ctx.db.dialect == "postgresql":
+            async with self._single() as conn:
+                claimed = await acme_repo.claim_challenge(conn, challenge_id, now)
+            if claimed is None:  # another request claimed it first: answer with its state now
+                async with self._single() as conn:
+                    current, _ = await acme_repo.challenge_with_authz(conn, challenge_id)
+                assert current is not None
+                return current, authz
+            context = {"type": claimed["type"], "token": claimed["token"], "status": A.PROCESSING,
+                       "identifier_type": authz["identifier_type"], "identifier_value": authz["identifier_value"],
+                       "thumbprint": account["thumbprint"]}
+            return await self._start_validation(challenge_id, claimed, context), authz
         async with self.ctx.db.transaction() as conn:
             locked = await acme_repo.get_challenge(conn, challenge_id, for_update=True)
             assert locked is not None
@@ -883,17 +901,25 @@ class AcmeService:
             after = await acme_repo.get_challenge(conn, challenge_id)
         assert after is not None
         if started:
-            task = self._spawn(self._validate(challenge_id))
-            if self.settings.validation_wait > 0:
-                done, _ = await asyncio.wait({task}, timeout=self.settings.validation_wait)  # never cancels it
-                if done and not task.cancelled() and task.exception() is None and task.result() is not None:
-                    after = task.result()
+            return await self._start_validation(challenge_id, after, None), authz
         return after, authz
 
-    async def _validate(self, challenge_id: str) -> Row | None:
-        """Validate one processing challenge and record the outcome; returns the challenge as recorded."""
-        async with self._read() as conn:
-            ctx = await acme_repo.challenge_context(conn, challenge_id)
+    async def _start_validation(self, challenge_id: str, claimed: Row, context: Row | None) -> Row:
+        """The validation as a task of its own, waited for up to `validation_wait`: the challenge as recorded
+        when it finished in time, else as claimed (processing)."""
+        task = self._spawn(self._validate(challenge_id, context))
+        if self.settings.validation_wait > 0:
+            done, _ = await asyncio.wait({task}, timeout=self.settings.validation_wait)  # never cancels it
+            if done and not task.cancelled() and task.exception() is None and task.result() is not None:
+                return task.result()  # type: ignore[no-any-return]
+        return claimed
+
+    async def _validate(self, challenge_id: str, ctx: Row | None = None) -> Row | None:
+        """Validate one processing challenge and record the outcome; returns the challenge as recorded.
+        `ctx`: what validating needs, when the caller has it (else it is read)."""
+        if ctx is None:
+            async with self._read() as conn:
+                ctx = await acme_repo.challenge_context(conn, challenge_id)
         if ctx is None or ctx["status"] != A.PROCESSING:
             return None
         try:
@@ -914,6 +940,8 @@ class AcmeService:
         """One transaction: challenge, its authorization, the order (ready when all valid, invalid on a failure).
         Returns the challenge as recorded (None when it was no longer processing)."""
         now = self.ctx.clock.now()
+        if self.ctx.db.dialect == "postgresql":
+            return await self._record_validation_pg(challenge_id, valid, error_type, detail, record, now)
         async with self.ctx.db.transaction() as conn:
             challenge = await acme_repo.get_challenge(conn, challenge_id, for_update=True)
             if challenge is None or challenge["status"] != A.PROCESSING:
@@ -949,6 +977,30 @@ class AcmeService:
                                 "error_type": error_type, "detail": detail, "order_id": order["id"]})
         return {**dict(challenge), **changes}
 
+    async def _record_validation_pg(
+        self, challenge_id: str, valid: bool, error_type: str | None, detail: str, record: Mapping[str, Any],
+        now: datetime,
+    ) -> Row | None:
+        """record_validation on PostgreSQL: one transaction of two statements (lock, then every change)."""
+        error = None if valid else {"type": A.ERROR_NS + (error_type or "unauthorized"), "detail": detail,
+                                    "status": 403 if error_type in (None, "unauthorized", "incorrectResponse")
+                                    else 400}
+        changes = {"status": A.VALID if valid else A.INVALID, "validated_at": now if valid else None,
+                   "error": error, "validation_record": [dict(record)] if record else None, "updated_at": now}
+        async with self.ctx.db.read() as conn, acme_repo.driver_transaction(conn):
+            locked = await acme_repo.lock_outcome(conn, challenge_id)
+            if locked is None or locked["challenge_status"] != A.PROCESSING:
+                return None
+            event = audit.build_event(
+                self._actor(locked["account_id"]), "acme_challenge_validated", "acme_challenge", challenge_id,
+                {"type": locked["type"], "identifier": locked["identifier_value"], "valid": valid,
+                 "error_type": error_type, "detail": detail, "order_id": locked["order_id"]}, now)
+            order_status = await acme_repo.record_outcome(conn, locked, challenge_id, changes, event)
+            current, _ = await acme_repo.challenge_with_authz(conn, challenge_id)
+        if order_status == A.INVALID:
+            metrics.acme_order("invalid")
+        return current
+
     # ---- finalize -----------------------------------------------------------------------------------
     async def finalize(self, account: Row, profile: CertificateProfile, order_id: str, csr_der: bytes) -> OrderView:
         for _ in range(3):
@@ -970,8 +1022,13 @@ class AcmeService:
             raise AcmeProblem("badCSR", "the CSR does not parse as DER PKCS#10") from None
         csr_pem = csr.public_bytes(serialization.Encoding.PEM).decode()
         now = self.ctx.clock.now()
-        async with self.ctx.db.transaction() as conn:
-            locked = await acme_repo.get_order(conn, order_id, for_update=True)
+        pg = self.ctx.db.dialect == "postgresql"
+        authzs: Sequence[Row] = []
+        async with (self._driver_transaction() if pg else self.ctx.db.transaction()) as conn:
+            if pg:  # the order locked and its authorizations read in one statement
+                locked, authzs = await acme_repo.lock_order_with_authzs(conn, order_id)
+            else:
+                locked = await acme_repo.get_order(conn, order_id, for_update=True)
             if locked is None:
                 raise AcmeProblem("malformed", "no such order", 404)
             self._own(account, locked)
@@ -1004,12 +1061,12 @@ class AcmeService:
                 ekus=tuple(profile.allowed_ekus) or DEFAULT_EKUS, not_before=validity[0], not_after=validity[1],
                 must_staple=profile.must_staple), new_serial())
             await self._ensure_inventory_rows(conn, now)
-            cert_id, version_id = await self._store_issued(
+            changes = await self._store_issued(
                 conn, account, profile, order, issuer, ca.id, ca.chain_pem, leaf, csr_pem,
                 checked.key_algorithm.value, checked.key_size, common, now)
-            changes = {"status": A.VALID, "certificate_id": cert_id, "version_id": version_id, "updated_at": now}
-            await acme_repo.update_order(conn, order_id, changes)
-            authzs = await acme_repo.authz_ids_of_order(conn, order_id)
+            if not pg:  # on PostgreSQL the order changed in the same statement as the certificate was stored
+                await acme_repo.update_order(conn, order_id, changes)
+                authzs = await acme_repo.authz_ids_of_order(conn, order_id)
         stored = {**dict(locked), **changes}
         if self._on_certificates_changed is not None:
             self._on_certificates_changed()
@@ -1051,14 +1108,15 @@ class AcmeService:
         self, conn: Any, account: Row, profile: CertificateProfile, order: Row, issuer: Row, ca_id: str,
         chain_pem: str, leaf: x509.Certificate, csr_pem: str, key_algorithm: str, key_size: int, common: str,
         now: datetime,
-    ) -> tuple[str, str]:
-        """The inventory side of issuance: certificate (source ACME), version, audit, policy evaluation."""
+    ) -> dict[str, Any]:
+        """The inventory side of issuance: certificate (source ACME), version, audit, policy evaluation. Returns
+        the order's changes (on PostgreSQL already written, in the statement that stored the certificate)."""
         cert_id = f"mc-acme-{order['id'].removeprefix('ord-')}"
         version_id = f"certver-acme-{order['id'].removeprefix('ord-')}"
         serial = serial_hex(leaf.serial_number)
         fingerprint = leaf.fingerprint(hashes.SHA256()).hex()
         sans = [i["value"] for i in order["identifiers"]]
-        row = await acme_repo.insert_certificate(conn, {
+        certificate = {
             "id": cert_id, "name": cert_id, "common_name": common, "sans": sans, "environment": "",
             "owner_id": self.settings.owner_id, "team_id": self.settings.team_id, "issuer_id": issuer["id"],
             "renewal_policy_id": self.settings.renewal_policy_id, "certificate_profile_id": profile.id,
@@ -1066,24 +1124,31 @@ class AcmeService:
             "tags": {"acme_account": account["id"], "acme_order": order["id"]}, "last_renewal_at": None,
             "last_deployment_at": None, "revoked_at": None, "revocation_reason": None, "source": "ACME",
             "created_at": now, "updated_at": now,
-        })
-        await issuance_repo.insert_version(conn, {
+        }
+        version = {
             "id": version_id, "certificate_id": cert_id, "serial_number": serial,
             "not_before": leaf.not_valid_before_utc, "not_after": leaf.not_valid_after_utc,
             "fingerprint_sha256": fingerprint,
             "pem_chain": leaf.public_bytes(serialization.Encoding.PEM).decode() + chain_pem, "csr_pem": csr_pem,
             "key_algorithm": key_algorithm, "key_size": key_size, "created_at": now, "ca_id": ca_id, "job_id": None,
-        })
+        }
         actor = self._actor(account["id"])
-        await audit_repo.add_events(conn, [audit.build_event(actor, "certificate_issued", "certificate", cert_id, {
+        event = audit.build_event(actor, "certificate_issued", "certificate", cert_id, {
             "source": "ACME", "acme_account": account["id"], "acme_order": order["id"], "version_id": version_id,
             "serial_number": serial, "ca_id": ca_id, "issuer_id": issuer["id"], "profile_id": profile.id,
             "not_after": leaf.not_valid_after_utc.isoformat(), "fingerprint_sha256": fingerprint,
             "key_algorithm": key_algorithm, "key_generation": "acme-client", "sans": sans,
             "replaces_order_id": order["replaces_order_id"],
-        }, now)])
+        }, now)
+        changes = {"status": A.VALID, "certificate_id": cert_id, "version_id": version_id, "updated_at": now}
+        if self.ctx.db.dialect == "postgresql":
+            row = await acme_repo.store_issued(conn, certificate, version, event, order["id"], changes)
+        else:
+            row = await acme_repo.insert_certificate(conn, certificate)
+            await issuance_repo.insert_version(conn, version)
+            await audit_repo.add_events(conn, [event])
         await evaluate_certificate(conn, self.ctx, actor, {**dict(row), "target_ids": []}, new=True)
-        return cert_id, version_id
+        return changes
 
     # ---- certificates -------------------------------------------------------------------------------
     async def certificate_chain(self, account: Row, version_id: str, alternate: int = 0) -> IssuedChain:

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 import orjson
 from sqlalchemy import bindparam, delete, func, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from certctl.domain.errors import UnavailableError
+from certctl.domain.errors import ConflictError, UnavailableError
 from certctl.store import rows
-from certctl.store.database import STORAGE_FULL
+from certctl.store.database import STORAGE_FULL, describe_integrity_error
 from certctl.store.rows import Row, cached_statement
 from certctl.store.schema import (
     acme_accounts,
@@ -23,6 +26,7 @@ from certctl.store.schema import (
     acme_eab_keys,
     acme_nonces,
     acme_orders,
+    audit_events,
     certificate_profiles,
     certificate_versions,
     intermediate_cas,
@@ -33,6 +37,7 @@ from certctl.store.schema import (
     teams,
 )
 
+Rec = Mapping[Any, Any]  # a row as a RowMapping or as a dict built from a driver record
 _OPEN_ORDER_STATUSES = ("pending", "ready", "processing")
 
 
@@ -426,6 +431,97 @@ async def challenge_context(conn: AsyncConnection, challenge_id: str) -> Row | N
     return (await conn.execute(stmt, {"c": challenge_id})).mappings().first()
 
 
+_PG_CHALLENGE_AUTHZ = (f"SELECT {_columns('c', acme_challenges)}, {_columns('z', acme_authorizations, '_z_')} "
+                       "FROM acme_challenges c JOIN acme_authorizations z ON z.id = c.authz_id WHERE c.id = $1")
+_PG_CLAIM_CHALLENGE = (f"UPDATE acme_challenges c SET status = 'processing', updated_at = $2 "
+                       f"WHERE c.id = $1 AND c.status = 'pending' RETURNING {_columns('c', acme_challenges)}")
+
+
+async def challenge_with_authz(conn: AsyncConnection, challenge_id: str) -> tuple[Rec | None, Rec | None]:
+    """A challenge and its authorization (one statement on PostgreSQL)."""
+    if conn.dialect.name != "postgresql":
+        challenge = await get_challenge(conn, challenge_id)
+        return challenge, await get_authz(conn, challenge["authz_id"]) if challenge is not None else None
+    record = await _raw(conn, (await _driver(conn)).fetchrow(_PG_CHALLENGE_AUTHZ, challenge_id))
+    if record is None:
+        return None, None
+    return ({c.name: record[c.name] for c in acme_challenges.c},
+            {c.name: record[f"_z_{c.name}"] for c in acme_authorizations.c})
+
+
+async def claim_challenge(conn: AsyncConnection, challenge_id: str, now: datetime) -> Rec | None:
+    """pending → processing in one statement; the updated challenge, or None when it was not pending (another
+    request claimed it first). PostgreSQL only (the caller's connection is outside a transaction)."""
+    assert conn.dialect.name == "postgresql"
+    record = await _raw(conn, (await _driver(conn)).fetchrow(_PG_CLAIM_CHALLENGE, challenge_id, now))
+    return dict(record) if record is not None else None
+
+
+# Recording a validation outcome: the challenge, its authorization and its order locked in one statement, then
+# every change in a second one (a fresh snapshot taken after the locks: a concurrent outcome for another
+# authorization of the same order, committed while this one waited, is seen when deciding `ready`).
+_PG_LOCK_OUTCOME = ("SELECT c.status AS challenge_status, c.type, z.id AS authz_id, z.status AS authz_status, "
+                    "z.identifier_value, z.account_id, o.id AS order_id, o.status AS order_status "
+                    "FROM acme_challenges c JOIN acme_authorizations z ON z.id = c.authz_id "
+                    "JOIN acme_orders o ON o.id = z.order_id WHERE c.id = $1 FOR UPDATE")
+_PG_RECORD_OUTCOME = f"""
+WITH ch AS (
+  UPDATE acme_challenges SET status = $2, validated_at = $3, error = $4::jsonb, validation_record = $5::jsonb,
+         updated_at = $6 WHERE id = $1 RETURNING id),
+z AS (
+  UPDATE acme_authorizations SET status = $2, updated_at = $6 WHERE id = $7 AND status = 'pending' RETURNING id),
+others AS (
+  UPDATE acme_challenges SET status = 'invalid', updated_at = $6
+  WHERE $2 = 'valid' AND authz_id = (SELECT id FROM z) AND id <> $1 AND status = 'pending'),
+o AS (
+  UPDATE acme_orders SET status = CASE WHEN $2 = 'valid' THEN 'ready' ELSE 'invalid' END,
+         error = CASE WHEN $2 = 'valid' THEN error ELSE $4::jsonb END, updated_at = $6
+  WHERE id = $8 AND status = 'pending'
+    AND ($2 <> 'valid' OR NOT EXISTS (SELECT 1 FROM acme_authorizations
+                                      WHERE order_id = $8 AND id <> $7 AND status <> 'valid'))
+  RETURNING status),
+ev AS (
+  {_AUDIT_INSERT}
+  SELECT $9::text, $10::text, $11::text, $12::text, $13::text, $14::text, $15::jsonb, $16::timestamptz)
+SELECT (SELECT status FROM o) AS order_status"""
+
+
+async def lock_outcome(conn: AsyncConnection, challenge_id: str) -> Rec | None:
+    """PostgreSQL, in the caller's driver-level transaction: the challenge, authorization and order locked."""
+    record = await _raw(conn, (await _driver(conn)).fetchrow(_PG_LOCK_OUTCOME, challenge_id))
+    return dict(record) if record is not None else None
+
+
+async def record_outcome(
+    conn: AsyncConnection, locked: Rec, challenge_id: str, changes: Mapping[str, Any],
+    event: Mapping[str, Any],
+) -> str | None:
+    """PostgreSQL, after `lock_outcome` in the same transaction: the challenge's outcome, its authorization (when
+    pending; the other pending challenges of a valid one become invalid), the order (ready when every
+    authorization is valid, invalid on a failure; only when pending) and the audit event, in one statement.
+    Returns the order's new status, or None when it did not change."""
+    raw = await _driver(conn)
+    error = orjson.dumps(changes["error"]).decode() if changes["error"] is not None else None
+    record = orjson.dumps(changes["validation_record"]).decode() if changes["validation_record"] is not None \
+        else None
+    audit_args = [orjson.dumps(event[c]).decode() if c == "details" else event[c] for c in _AUDIT_COLUMNS]
+    return await _raw(conn, raw.fetchval(  # type: ignore[no-any-return]
+        _PG_RECORD_OUTCOME, challenge_id, changes["status"], changes["validated_at"], error, record,
+        changes["updated_at"], locked["authz_id"], locked["order_id"], *audit_args))
+
+
+@asynccontextmanager
+async def driver_transaction(conn: AsyncConnection) -> AsyncIterator[None]:
+    """PostgreSQL: one transaction around statements sent with the driver (committed at the end, rolled back
+    on an error). SQLAlchemy statements on the same connection join it when the connection is in autocommit
+    mode (SQLAlchemy then opens no transaction of its own). Constraint violations become a ConflictError."""
+    try:
+        async with (await _driver(conn)).transaction():
+            yield
+    except IntegrityError as exc:
+        raise ConflictError(describe_integrity_error(exc)) from exc
+
+
 async def stale_processing_challenges(conn: AsyncConnection, before: datetime, limit: int) -> list[str]:
     c = acme_challenges.c
     result = await conn.execute(select(c.id).where(c.status == "processing", c.updated_at < before).limit(limit))
@@ -436,6 +532,94 @@ async def set_other_challenges(conn: AsyncConnection, authz_id: str, keep_id: st
     c = acme_challenges.c
     await conn.execute(update(acme_challenges).where(c.authz_id == authz_id, c.id != keep_id, c.status == "pending")
                        .values(status=status, updated_at=now))
+
+
+# ---- finalize on PostgreSQL: the order locked with its authorizations, then one statement for the rest ----------
+_PG_LOCK_ORDER = (f"SELECT {_columns('o', acme_orders)}, "
+                  "(SELECT array_agg(z.id ORDER BY z.id) FROM acme_authorizations z WHERE z.order_id = o.id) "
+                  "AS _authz_ids, "
+                  "(SELECT array_agg(z.status ORDER BY z.id) FROM acme_authorizations z WHERE z.order_id = o.id) "
+                  "AS _authz_statuses, "
+                  "(SELECT array_agg(z.expires_at ORDER BY z.id) FROM acme_authorizations z "
+                  "WHERE z.order_id = o.id) AS _authz_expires "
+                  "FROM acme_orders o WHERE o.id = $1 FOR UPDATE OF o")
+
+
+async def lock_order_with_authzs(conn: AsyncConnection, order_id: str) -> tuple[Rec | None, list[Rec]]:
+    """PostgreSQL, in a driver-level transaction: the order locked, with its authorizations' (id, status,
+    expires_at), in one statement."""
+    record = await _raw(conn, (await _driver(conn)).fetchrow(_PG_LOCK_ORDER, order_id))
+    if record is None:
+        return None, []
+    order = {c.name: record[c.name] for c in acme_orders.c}
+    authzs: list[Rec] = [{"id": i, "status": st, "expires_at": e} for i, st, e in zip(
+        record["_authz_ids"] or (), record["_authz_statuses"] or (), record["_authz_expires"] or (), strict=True)]
+    return order, authzs
+
+
+_PG_DIALECT = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
+def _pg_type(column: Any) -> str:
+    return str(column.type.dialect_impl(_PG_DIALECT).compile(dialect=_PG_DIALECT))
+
+
+def _values_sql(table: Any, names: Sequence[str], first: int) -> str:
+    """`(cols) VALUES ($first::type, ...)` for the named columns of a table."""
+    types = {c.name: _pg_type(c) for c in table.c}
+    cols = ", ".join(f'"{n}"' for n in names)
+    return f"({cols}) VALUES (" + ", ".join(f"${first + i}::{types[n]}" for i, n in enumerate(names)) + ")"
+
+
+_JSON_COLUMNS: dict[str, frozenset[str]] = {}
+
+
+def _driver_args(table: Any, names: Sequence[str], values: Mapping[str, Any]) -> list[Any]:
+    """Values as the driver takes them: JSON columns as text (SQLAlchemy's serializer does the same)."""
+    json = _JSON_COLUMNS.get(table.name)
+    if json is None:
+        json = _JSON_COLUMNS[table.name] = frozenset(c.name for c in table.c if _pg_type(c) in ("JSONB", "JSON"))
+    return [orjson.dumps(values[n]).decode() if n in json and values[n] is not None else values[n] for n in names]
+
+
+_ISSUED_SQL: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}
+
+
+async def store_issued(
+    conn: AsyncConnection, certificate: Mapping[str, Any], version: Mapping[str, Any], event: Mapping[str, Any],
+    order_id: str, order_changes: Mapping[str, Any],
+) -> Rec:
+    """PostgreSQL, in the driver-level transaction of `lock_order_with_authzs`: the managed certificate, its
+    version, the `certificate_issued` audit event and the order's new state in one statement; returns the
+    certificate row. A serial number the CA already used is a ConflictError naming the serial (retried)."""
+    cert_names, version_names = tuple(certificate), tuple(version)
+    sql = _ISSUED_SQL.get((cert_names, version_names))
+    if sql is None:
+        n_cert, n_version = len(cert_names), len(version_names)
+        audit_first = 1 + n_cert + n_version
+        order_first = audit_first + len(_AUDIT_COLUMNS)
+        sql = _ISSUED_SQL[(cert_names, version_names)] = (
+            f"WITH c AS (INSERT INTO managed_certificates {_values_sql(managed_certificates, cert_names, 1)} "
+            f"RETURNING *), "
+            f"v AS (INSERT INTO certificate_versions "
+            f"{_values_sql(certificate_versions, version_names, 1 + n_cert)}), "
+            f"e AS (INSERT INTO audit_events {_values_sql(audit_events, _AUDIT_COLUMNS, audit_first)}), "
+            f"u AS (UPDATE acme_orders SET status = ${order_first}, certificate_id = ${order_first + 1}, "
+            f"version_id = ${order_first + 2}, updated_at = ${order_first + 3}::timestamptz "
+            f"WHERE id = ${order_first + 4}) "
+            "SELECT * FROM c")
+    args = [*_driver_args(managed_certificates, cert_names, certificate),
+            *_driver_args(certificate_versions, version_names, version),
+            *_driver_args(audit_events, _AUDIT_COLUMNS, event),
+            order_changes["status"], order_changes["certificate_id"], order_changes["version_id"],
+            order_changes["updated_at"], order_id]
+    try:
+        record = await _raw(conn, (await _driver(conn)).fetchrow(sql, *args))
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name == "uq_versions_ca_serial":
+            raise ConflictError(f"the serial number {version.get('serial_number')} is already used") from None
+        raise ConflictError("the certificate conflicts with existing data") from None
+    return dict(record)
 
 
 # ---- certificates -----------------------------------------------------------------------------------
