@@ -18,6 +18,12 @@ A job reaches `execute` in Running, claimed by this process (`holder`) with a le
 A crash anywhere before step 5 commits leaves the job Running with a lease; the job reaper puts it
 back to Pending once the lease has run out and the sequence runs again with a fresh serial. The
 unique job_id on versions makes a second stored version for one job impossible.
+
+An agent's CSR for a local CA (`submit_csr`) runs the whole sequence in the request. On PostgreSQL its usual
+case takes two statements (`_submit_csr_fast`): one read of everything the checks need, then, after the checks
+and the signature, one statement that completes the job only if it is still the AwaitingCSR job that was read
+and writes everything else from that (one statement is one transaction). Anything unusual, or a job that changed
+in between, goes to the general path (SQLAlchemy, the job locked), which answers as it always did.
 """
 
 from __future__ import annotations
