@@ -269,7 +269,7 @@ def _check_service_variables(env: Mapping[str, str]) -> None:
 
     AcmeSettings.from_env(env)
     # Notifiers and the digest (docs/notifications.md); read by certctl.services.notifications.
-    from certctl.services.notifications import NotificationSettings
+    from certctl.services.notification_settings import NotificationSettings
 
     NotificationSettings.from_env(env)
 

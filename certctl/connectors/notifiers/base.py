@@ -20,9 +20,10 @@ import ssl
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -83,6 +84,8 @@ class GuardedHttp:
     """POSTs JSON to operator-configured URLs through the SSRF guard, with a timeout and no redirects."""
 
     def __init__(self, guard: AddressGuard, *, timeout: float = 30.0, ca_file: str | None = None) -> None:
+        import httpx  # here, not at module level: the server's settings check reads this package's configs
+
         self.guard = guard
         self.timeout = timeout
         self._client = httpx.AsyncClient(timeout=timeout, verify=tls_context(ca_file), follow_redirects=False,
@@ -101,6 +104,8 @@ class GuardedHttp:
 
     async def post(self, channel: str, url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
         """Send; any answer but 2xx is a NotifierError (4xx other than 408/429 is not retryable)."""
+        import httpx
+
         parsed = httpx.URL(url)
         if parsed.scheme not in ("https", "http") or not parsed.host:
             raise NotifierError(f"{channel}: the configured URL is not an http(s) URL", retryable=False)
