@@ -46,6 +46,7 @@ class AsgiHttp:
         self.app = app
         self.server_cpu = 0.0
         self.requests = 0
+        self.by_kind: dict[str, float] = {}  # server CPU by resource kind (new-account, order, finalize, ...)
 
     async def get(self, url: str) -> Answer:
         return await self.request("GET", url)
@@ -92,7 +93,12 @@ class AsgiHttp:
 
         started = time.process_time()
         await self.app(scope, receive, send)
-        self.server_cpu += time.process_time() - started
+        spent = time.process_time() - started
+        self.server_cpu += spent
+        segments = parts.path.split("/")
+        kind = f"{method} " + (segments[4] if len(segments) > 4 else segments[-1])
+        kind += "/finalize" if parts.path.endswith("/finalize") else ""
+        self.by_kind[kind] = self.by_kind.get(kind, 0.0) + spent
         self.requests += 1
         return Answer(status, Headers(fields), b"".join(chunks))
 
@@ -148,6 +154,8 @@ async def main() -> None:
                   f"server CPU {1000 * http.server_cpu / n:.2f} ms/order (in the app calls), whole process "
                   f"{1000 * cpu / n:.2f} ms/order (driver included), PostgreSQL {1000 * pg_cpu / n:.2f} ms/order; "
                   f"wall {n / wall:.1f} orders/s with one client", flush=True)
+            print("  server CPU ms/order by request: " + ", ".join(
+                f"{kind} {1000 * cpu / n:.2f}" for kind, cpu in sorted(http.by_kind.items(), key=lambda kv: -kv[1])))
             if args.profile:
                 profiler = cProfile.Profile(time.process_time)
                 profiler.enable()

@@ -222,11 +222,18 @@ class LeanHttp:
             reader, writer = self.idle.pop() if reused else await asyncio.open_connection(
                 self.host, self.port, ssl=self.context, limit=1 << 20)
             try:
-                answer, keep = await asyncio.wait_for(self._exchange(reader, writer, raw, method), 60)
-            except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, TimeoutError):
+                answer, keep = await asyncio.wait_for(self._exchange(reader, writer, raw, method), 15)
+            except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
                 writer.close()
-                if reused and attempt == 0:  # a kept-alive connection the server closed while idle
+                # A kept-alive connection the server closed while idle fails before any answer; anything else
+                # (an answer cut short, a timeout) is not retried: the server may have spent the nonce.
+                idle_close = isinstance(exc, ConnectionError) or (
+                    isinstance(exc, asyncio.IncompleteReadError) and not exc.partial)
+                if reused and attempt == 0 and idle_close:
                     continue
+                raise
+            except TimeoutError:
+                writer.close()
                 raise
             if keep:
                 self.idle.append((reader, writer))
@@ -461,13 +468,15 @@ async def certctl_runs(args: argparse.Namespace, clients: list[int], modes: list
 
 async def pebble_runs(args: argparse.Namespace, clients: list[int], modes: list[str], responder: Responder,
                       results: list[dict[str, Any]]) -> None:
-    with running_pebble(args.pebble_port) as (directory, ca, pebble_pid):
-        def pebble_pids() -> list[int]:
-            return [pebble_pid]
+    # A fresh pebble per run: Debian's pebble 2.4 has been seen to stop answering (handlers that never return)
+    # under concurrent new accounts; one run's stall must not carry into the next.
+    for mode in modes:
+        for n in clients:
+            with running_pebble(args.pebble_port) as (directory, ca, pebble_pid):
+                def pebble_pids(pid: int = pebble_pid) -> list[int]:
+                    return [pid]
 
-        for mode in modes:
-            await drive("pebble", directory, ca, mode, 1, 1.0, responder, pebble_pids)
-            for n in clients:
+                await drive("pebble", directory, ca, mode, 1, 1.0, responder, pebble_pids)
                 run = await drive("pebble", directory, ca, mode, n, args.seconds, responder, pebble_pids)
                 results.append(run.summary())
                 print_json(f"pebble {mode} x{n}", results[-1])
