@@ -210,9 +210,15 @@ async def rebuild(url: str, definitions: list[str]) -> None:
 
 
 def settle(url: str, *, idle_cpu_share: float = 0.05, window: float = 5.0, limit: float = 1800.0) -> bool:
-    """Run a server on the database until a `window` passes in which it used < `idle_cpu_share` of a core."""
-    with running_server(url, workers=1) as server:
+    """Run a server on the database until its first renewal scan has finished (its "renewal scan" log line)
+    and then a `window` passes in which it used < `idle_cpu_share` of a core (the other loops' catch-up).
+
+    CPU alone is not enough: the scan waits on outside CAs (ARI lookups) with the CPU idle.
+    """
+    with running_server(url, workers=1, extra_env={"CERTCTL_LOG_LEVEL": "info"}) as server:
         deadline = time.monotonic() + limit
+        while time.monotonic() < deadline and '"msg":"renewal scan"' not in server.log_path.read_text():
+            time.sleep(window)
         before = cpu_seconds(server.pids())
         while time.monotonic() < deadline:
             time.sleep(window)
