@@ -201,6 +201,22 @@ async def test_expiry_alerts_per_threshold_and_channel_deduplicated(napi: Api) -
     assert audited[1]["details"]["unconfigured_channels"] == ["Slack"]
 
 
+async def test_expiry_scan_pages_through_certificates_of_one_expiry(
+    napi: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages of EXPIRY_BATCH by (expires_at, id): five certificates expiring at the same instant, pages of two."""
+    from certctl.services import notifications as module
+
+    monkeypatch.setattr(module, "EXPIRY_BATCH", 2)
+    policy = await factories.seed_renewal_policy(napi, alert_channels={
+        tier: ["Webhook"] for tier in ("informational", "warning", "critical")})
+    certs = [await factories.seed_certificate(napi, renewal_policy_id=policy, expires_at=START + timedelta(days=5))
+             for _ in range(5)]
+    assert await napi.services.notifications.scan_expiring() == {"certificates": 5, "queued": 5, "unconfigured": 0}
+    assert {r["certificate_id"] for r in await _rows(napi)} == {c["id"] for c in certs}
+    assert (await napi.services.notifications.scan_expiring())["queued"] == 0
+
+
 async def test_a_renewed_certificate_is_alerted_again_for_its_new_expiry(napi: Api) -> None:
     api = napi
     policy = await factories.seed_renewal_policy(api, alert_channels={

@@ -36,7 +36,7 @@ import math
 import os
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -70,6 +70,7 @@ OUTBOX_CURSOR = "audit"
 OUTBOX_LOOKBACK = timedelta(minutes=10)
 OUTBOX_BATCH = 1000
 DELIVERY_BATCH = 50
+EXPIRY_BATCH = 500  # certificates per page of the expiry scan: one read and one transaction each, memory bounded
 DELIVERY_CONCURRENCY = 10
 DELIVERY_LIMIT = 1000  # per run (core.md §3: "send up to 1000 pending")
 LEASE = timedelta(minutes=5)  # longer than a batch can take (50 rows, 10 at a time, 30 s timeout each)
@@ -321,12 +322,34 @@ class NotificationService:
 
     # ---- expiry alerts ----
     async def scan_expiring(self) -> dict[str, int]:
-        """One alert per (certificate, expiry, most urgent threshold crossed, channel) (leader loop `expiry_alerts`)."""
+        """One alert per (certificate, expiry, most urgent threshold crossed, channel) (leader loop `expiry_alerts`).
+
+        Pages of EXPIRY_BATCH certificates by (expires_at, id), each in its own transaction: a million-row
+        inventory with a hundred thousand certificates inside their thresholds is read a page at a time, not
+        held in memory at once.
+        """
         now = self.ctx.clock.now()
         counts = {"certificates": 0, "queued": 0, "unconfigured": 0}
         async with self.ctx.db.read() as conn:
             horizon = await notifications_repo.largest_threshold(conn)
-            found = await notifications_repo.expiring_certificates(conn, now + timedelta(days=horizon + 1))
+        after: tuple[datetime, str] | None = None
+        while True:
+            async with self.ctx.db.read() as conn:
+                found = await notifications_repo.expiring_certificates(
+                    conn, now + timedelta(days=horizon + 1), after=after, limit=EXPIRY_BATCH)
+            if found:
+                after = (found[-1]["expires_at"], found[-1]["id"])
+                await self._queue_expiry_alerts(found, now, counts)
+            if len(found) < EXPIRY_BATCH:
+                break
+        if counts["unconfigured"]:
+            log.info("expiry alerts for channels with no notifier were not queued",
+                     extra={"channels_skipped": counts["unconfigured"]})
+        return counts
+
+    async def _queue_expiry_alerts(
+        self, found: Sequence[Mapping[Any, Any]], now: datetime, counts: dict[str, int]
+    ) -> None:
         plans: list[tuple[Mapping[Any, Any], int, str, list[dict[str, Any]], list[str]]] = []
         for cert in found:
             days = math.trunc((cert["expires_at"] - now).total_seconds() / 86400)
@@ -340,6 +363,8 @@ class NotificationService:
             channels = [c for c in dict.fromkeys(wanted) if c in self.notifiers]
             skipped = [c for c in dict.fromkeys(wanted) if c not in self.notifiers]
             counts["unconfigured"] += len(skipped)
+            if not channels:
+                continue  # nothing to queue; the skipped channels are counted in the scan's log line
             expiry = cert["expires_at"]
             described = _describe(cert, cert["id"])
             if days < 0 or expiry <= now:
@@ -357,7 +382,7 @@ class NotificationService:
             } for channel in channels]
             plans.append((cert, threshold, tier, rows, skipped))
         if not plans:
-            return counts
+            return
         async with self.ctx.db.transaction() as conn:
             existing = await notifications_repo.existing_keys(
                 conn, [(r["dedup_key"], r["channel"]) for *_, rows, _ in plans for r in rows])
@@ -375,10 +400,6 @@ class NotificationService:
                                        "threshold_days": threshold, "tier": tier, "channels": channels,
                                        "unconfigured_channels": skipped, "notification_ids": inserted,
                                        "expires_at": planned_cert["expires_at"].isoformat()})
-        if counts["unconfigured"]:
-            log.info("expiry alerts for channels with no notifier were not queued",
-                     extra={"channels_skipped": counts["unconfigured"]})
-        return counts
 
     # ---- delivery ----
     async def deliver_pending(self) -> dict[str, int]:

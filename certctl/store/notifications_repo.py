@@ -161,9 +161,11 @@ async def certificates_with_owners(conn: AsyncConnection, ids: Iterable[str]) ->
 
 # ---- expiry scan and digest -----------------------------------------------------------------------------------
 
-async def expiring_certificates(conn: AsyncConnection, until: datetime) -> list[Row]:
+async def expiring_certificates(
+    conn: AsyncConnection, until: datetime, *, after: tuple[datetime, str] | None = None, limit: int = 500,
+) -> list[Row]:
     """Live certificates (not Archived or Revoked) expiring before `until`, with their policy's alert settings
-    and their owner's email."""
+    and their owner's email: `limit` of them in (expires_at, id) order, after the keyset `after`."""
     rp = renewal_policies.c
     stmt = (
         select(_c.id, _c.name, _c.common_name, _c.expires_at, _c.status, _c.owner_id,
@@ -174,7 +176,10 @@ async def expiring_certificates(conn: AsyncConnection, until: datetime) -> list[
                      .outerjoin(owners, owners.c.id == _c.owner_id))
         .where(_c.expires_at.is_not(None), _c.expires_at < until, _c.status.not_in(("Archived", "Revoked")))
         .order_by(_c.expires_at, _c.id)
+        .limit(limit)
     )
+    if after is not None:
+        stmt = stmt.where(or_(_c.expires_at > after[0], and_(_c.expires_at == after[0], _c.id > after[1])))
     return list((await conn.execute(stmt)).mappings())
 
 
