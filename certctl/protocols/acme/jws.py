@@ -1,9 +1,10 @@
 """JWS as RFC 8555 §6.2 wants it: flattened JSON, one signature, protected `alg`/`nonce`/`url`, `kid` XOR `jwk`.
 
-RSA and EC keys and their RS256/ES256/ES384 signatures go through josepy (`JWK.from_json`, `jwa.RS256.verify`,
-RFC 7638 thumbprints); josepy has no OKP keys, so Ed25519 (`EdDSA`, RFC 8037) is verified here with
-`cryptography`. `none` and the HMAC algorithms are refused before anything else is looked at (RFC 8555 §6.2:
-"MUST NOT be none", "MUST NOT be a MAC-based algorithm").
+Keys (RSA, EC P-256/P-384, Ed25519) are built and signatures (RS256, ES256, ES384, EdDSA per RFC 8037) verified
+with `cryptography` directly; RFC 7638 thumbprints are the SHA-256 of the required members in sorted compact JSON.
+(josepy did the same for RSA and EC with more Python around each call: every ACME request verifies a signature.)
+`none` and the HMAC algorithms are refused before anything else is looked at (RFC 8555 §6.2: "MUST NOT be none",
+"MUST NOT be a MAC-based algorithm").
 
 Parsed keys are cached by their JWK text: parsing an RSA JWK costs more than verifying with it.
 """
@@ -16,20 +17,19 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-import josepy
 import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from josepy import jwa
-from josepy import jwk as jwk_module
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from certctl.domain.acme import AcmeProblem
 
 # The algorithms this server accepts, each with the key type it needs.
 ALGORITHMS = ("ES256", "ES384", "RS256", "EdDSA")
-_JOSEPY_ALGS: dict[str, jwa.JWASignature] = {"ES256": jwa.ES256, "ES384": jwa.ES384, "RS256": jwa.RS256}
 _CURVES = {"ES256": "secp256r1", "ES384": "secp384r1"}
+_EC_HASHES = {"ES256": hashes.SHA256, "ES384": hashes.SHA384}
+_JWK_CURVES: dict[str, tuple[ec.EllipticCurve, int]] = {"P-256": (ec.SECP256R1(), 32), "P-384": (ec.SECP384R1(), 48)}
 MIN_RSA_BITS = 2048
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
@@ -205,21 +205,35 @@ def _load_key(jwk: dict[str, Any]) -> AccountKey:
         return AccountKey(ed_key, b64e(digest), public)
     if kty not in ("RSA", "EC"):
         raise AcmeProblem("badPublicKey", f"key type '{kty}' is not accepted (RSA, EC, OKP)")
+    key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey
     try:
-        parsed: Any = jwk_module.JWK.from_json(jwk)
-    except (josepy.errors.DeserializationError, ValueError, TypeError):
+        if kty == "RSA":
+            if not isinstance(jwk.get("n"), str) or not isinstance(jwk.get("e"), str):
+                raise ValueError("n and e are needed")
+            n, e = int.from_bytes(b64d(jwk["n"]), "big"), int.from_bytes(b64d(jwk["e"]), "big")
+            # Re-encoded from the numbers (minimal octets): the canonical members RFC 7638 hashes.
+            public = {"e": b64e(e.to_bytes((e.bit_length() + 7) // 8, "big")), "kty": "RSA",
+                      "n": b64e(n.to_bytes((n.bit_length() + 7) // 8, "big"))}
+            key = rsa.RSAPublicNumbers(e, n).public_key()
+            if key.key_size < MIN_RSA_BITS:
+                raise AcmeProblem("badPublicKey", f"RSA keys must have at least {MIN_RSA_BITS} bits")
+        else:
+            curve = _JWK_CURVES.get(str(jwk.get("crv")))
+            if curve is None:
+                raise AcmeProblem("badPublicKey", "EC keys must be on P-256 or P-384")
+            if not isinstance(jwk.get("x"), str) or not isinstance(jwk.get("y"), str):
+                raise ValueError("x and y are needed")
+            x, y = b64d(jwk["x"]), b64d(jwk["y"])
+            if len(x) != curve[1] or len(y) != curve[1]:  # RFC 7518 §6.2.1.2: the full coordinate length
+                raise ValueError("coordinates of the wrong length")
+            public = {"crv": jwk["crv"], "kty": "EC", "x": b64e(x), "y": b64e(y)}
+            key = ec.EllipticCurvePublicNumbers(int.from_bytes(x, "big"), int.from_bytes(y, "big"),
+                                                curve[0]).public_key()  # checks the point is on the curve
+    except (ValueError, TypeError):
         raise AcmeProblem("badPublicKey", "the JWK does not parse") from None
-    key = parsed.key._wrapped if hasattr(parsed.key, "_wrapped") else parsed.key
-    if isinstance(key, rsa.RSAPublicKey):
-        if key.key_size < MIN_RSA_BITS:
-            raise AcmeProblem("badPublicKey", f"RSA keys must have at least {MIN_RSA_BITS} bits")
-    elif isinstance(key, ec.EllipticCurvePublicKey):
-        if key.curve.name not in ("secp256r1", "secp384r1"):
-            raise AcmeProblem("badPublicKey", "EC keys must be on P-256 or P-384")
-    else:
-        raise AcmeProblem("badPublicKey", "the JWK is not a public key")
-    thumbprint = b64e(parsed.thumbprint(hash_function=hashes.SHA256))
-    return AccountKey(key, thumbprint, parsed.public_key().to_partial_json())
+    # RFC 7638: the required members only, sorted, no whitespace.
+    thumbprint = b64e(hashlib.sha256(orjson.dumps(public, option=orjson.OPT_SORT_KEYS)).digest())
+    return AccountKey(key, thumbprint, public)
 
 
 def verify(jws: Jws, key: AccountKey) -> None:
@@ -238,11 +252,24 @@ def verify(jws: Jws, key: AccountKey) -> None:
     elif alg == "RS256":
         if not isinstance(key.key, rsa.RSAPublicKey):
             raise bad_algorithm(f"{alg} with a non-RSA key")
-        ok = _JOSEPY_ALGS[alg].verify(key.key, jws.signing_input, jws.signature)
+        try:
+            key.key.verify(jws.signature, jws.signing_input, padding.PKCS1v15(), hashes.SHA256())
+            ok = True
+        except InvalidSignature:
+            ok = False
     else:
         if not isinstance(key.key, ec.EllipticCurvePublicKey) or key.key.curve.name != _CURVES[alg]:
             raise bad_algorithm(f"{alg} with a key on another curve")
-        ok = _JOSEPY_ALGS[alg].verify(key.key, jws.signing_input, jws.signature)
+        size = (key.key.curve.key_size + 7) // 8
+        if len(jws.signature) != 2 * size:  # RFC 7518 §3.4: R ‖ S, each the full length
+            raise malformed("the JWS signature does not verify")
+        r = int.from_bytes(jws.signature[:size], "big")
+        s = int.from_bytes(jws.signature[size:], "big")
+        try:
+            key.key.verify(encode_dss_signature(r, s), jws.signing_input, ec.ECDSA(_EC_HASHES[alg]()))
+            ok = True
+        except InvalidSignature:
+            ok = False
     if not ok:
         raise malformed("the JWS signature does not verify")
 
