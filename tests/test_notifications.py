@@ -217,6 +217,14 @@ async def test_expiry_scan_pages_through_certificates_of_one_expiry(
     assert (await napi.services.notifications.scan_expiring())["queued"] == 0
 
 
+async def test_expiry_scan_with_no_notifier_configured_queues_nothing(api: Api) -> None:
+    """The default install has no notifier: the scan does not read the inventory and queues nothing."""
+    await factories.seed_certificate(api, expires_at=datetime.now(UTC) + timedelta(days=3))
+    assert api.services.notifications.notifiers == {}
+    assert await api.services.notifications.scan_expiring() == {"certificates": 0, "queued": 0, "unconfigured": 0}
+    assert await _rows(api) == []
+
+
 async def test_a_renewed_certificate_is_alerted_again_for_its_new_expiry(napi: Api) -> None:
     api = napi
     policy = await factories.seed_renewal_policy(api, alert_channels={

@@ -330,6 +330,9 @@ class NotificationService:
         """
         now = self.ctx.clock.now()
         counts = {"certificates": 0, "queued": 0, "unconfigured": 0}
+        if not self.notifiers:  # the default install: nothing could be queued, so the inventory is not read
+            log.info("expiry alerts not queued: no notifier is configured (docs/notifications.md)")
+            return counts
         async with self.ctx.db.read() as conn:
             horizon = await notifications_repo.largest_threshold(conn)
         after: tuple[datetime, str] | None = None
