@@ -6,6 +6,7 @@ through CERTCTL_DATABASE_URL with `--workers 2`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import os
@@ -77,6 +78,7 @@ class Server:
                 [*self.wrapper, str(CERTCTL), "server", "--data-dir", str(self.data_dir), "--port", str(self.port),
                  *self.args],
                 env=self.env, stdout=out, stderr=err,
+                start_new_session=True,  # its own process group: kill() takes `--workers` children down with it
             )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -117,8 +119,10 @@ class Server:
         )
 
     def kill(self) -> None:
+        """SIGKILL the whole server: the supervisor and, with `--workers N`, its workers (a crash, not a stop)."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
 
 
