@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 REDACTED = "********"
@@ -62,16 +63,14 @@ def redact_audit_details(details: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, dict):
             result: dict[str, Any] = {}
             for key, inner in value.items():
-                lowered = str(key).lower()
-                here = f"{path}.{key}" if path else str(key)
-                if lowered in _CREDENTIAL_KEYS or (is_secret_key(lowered) and lowered not in _SAFE_KEYS):
-                    result[key] = "[REDACTED:CREDENTIAL]"
-                    touched.append(here)
-                elif lowered in _PII_KEYS:
-                    result[key] = "[REDACTED:PII]"
-                    touched.append(here)
+                kind = _audit_key_kind(str(key))
+                if kind is not None:
+                    result[key] = kind
+                    touched.append(f"{path}.{key}" if path else str(key))
+                elif isinstance(inner, (dict, list)):
+                    result[key] = walk(inner, f"{path}.{key}" if path else str(key))
                 else:
-                    result[key] = walk(inner, here)
+                    result[key] = inner
             return result
         if isinstance(value, list):
             return [walk(item, path) for item in value]
@@ -81,6 +80,17 @@ def redact_audit_details(details: dict[str, Any]) -> dict[str, Any]:
     if touched:
         redacted["redacted_keys"] = sorted(touched)
     return redacted
+
+
+@lru_cache(maxsize=4096)  # every audited request redacts the same few dozen keys; bounded for free-form ones
+def _audit_key_kind(key: str) -> str | None:
+    """The replacement for an audit detail under this key, or None to keep (and walk) its value."""
+    lowered = key.lower()
+    if lowered in _CREDENTIAL_KEYS or (is_secret_key(lowered) and lowered not in _SAFE_KEYS):
+        return "[REDACTED:CREDENTIAL]"
+    if lowered in _PII_KEYS:
+        return "[REDACTED:PII]"
+    return None
 
 
 # Keys that contain a secret marker but name no secret.
