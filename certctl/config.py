@@ -265,7 +265,7 @@ def _check_service_variables(env: Mapping[str, str]) -> None:
     retention = env.get("CERTCTL_HEALTH_CHECK_HISTORY_RETENTION") or "720h"
     parse_duration("CERTCTL_HEALTH_CHECK_HISTORY_RETENTION", retention, 3600.0)
     # ACME server (docs/configuration.md "ACME server"); read by certctl.services.acme.
-    from certctl.services.acme import AcmeSettings  # imported here: services import this module
+    from certctl.services.acme_settings import AcmeSettings  # imported here: services import this module
 
     AcmeSettings.from_env(env)
     # Notifiers and the digest (docs/notifications.md); read by certctl.services.notifications.
