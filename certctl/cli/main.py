@@ -100,14 +100,14 @@ def server(
     import uvicorn
 
     from certctl.logs import configure_logging
-    from certctl.pki.selfsigned import ensure_server_certificate
+    from certctl.pki.selfsigned import server_certificate_paths
 
     configure_logging(settings.log_level, settings.log_format)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.tls_cert_path and settings.tls_key_path:
         cert, key = settings.tls_cert_path, settings.tls_key_path
     else:
-        cert, key = ensure_server_certificate(settings.data_dir, settings.host)
+        cert, key = server_certificate_paths(settings.data_dir)  # made by first boot (_prepare) when missing
     _export(settings)
     multi = settings.workers > 1
     # Migrations, seeds and the admin key happen once, before any worker exists. With several
@@ -141,12 +141,15 @@ def server(
 
 
 def _prepare(settings: Settings) -> int:
-    """First boot (migrations, seeds, admin key); 0 on success, else the reason is printed."""
+    """First boot (TLS pair, migrations, seeds, admin key); 0 on success, else the reason is printed."""
     from certctl.api.app import prepare_server
     from certctl.logs import configure_logging
+    from certctl.pki.selfsigned import ensure_server_certificate
 
     configure_logging(settings.log_level, settings.log_format)
     try:
+        if not (settings.tls_cert_path and settings.tls_key_path):
+            ensure_server_certificate(settings.data_dir, settings.host)
         asyncio.run(prepare_server(settings))
     except Exception as exc:  # an unreachable database or a failed migration: say so and stop
         log.exception("startup failed")

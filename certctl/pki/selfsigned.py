@@ -7,15 +7,22 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+def server_certificate_paths(directory: Path) -> tuple[Path, Path]:
+    """Where the generated server certificate and key live in a data directory."""
+    return directory / "tls" / "server.crt", directory / "tls" / "server.key"
 
 
 def ensure_server_certificate(directory: Path, host: str) -> tuple[Path, Path]:
     """Return (cert, key) paths, creating a self-signed pair on first use. The key file is 0600."""
-    cert_path, key_path = directory / "tls" / "server.crt", directory / "tls" / "server.key"
+    # cryptography is imported here: `certctl server --workers N` asks for the paths in its supervisor,
+    # which never signs anything, and the pair is made by the first-boot process.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    cert_path, key_path = server_certificate_paths(directory)
     if cert_path.exists() and key_path.exists():
         return cert_path, key_path
     cert_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -202,6 +202,9 @@ class NotificationService:
     @property
     def notifiers(self) -> dict[str, Notifier]:
         if self._notifiers is None:
+            if not self.settings.channels:  # no notifier configured: no HTTP client (nor httpx) in this process
+                self._notifiers = {}
+                return self._notifiers
             self._http = GuardedHttp(self.settings.policy, timeout=self.settings.timeout,
                                      ca_file=self.settings.ca_file)
             self._notifiers = build_notifiers(list(self.settings.channels), self._http)
