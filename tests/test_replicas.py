@@ -7,8 +7,8 @@ has exactly one job and one version, serials unique, one `certificate_issued` ev
 served requests and ran the job processor; each scheduler leader loop was held by one replica at a time (the
 lease passes only after its holder released it at shutdown).
 
-ACME nonces: certctl has no ACME server yet (certctl/protocols/acme/ is in progress), so nonce reuse across
-replicas is not covered here.
+ACME nonces across two real processes are tested in tests/test_acme_replicas.py, notifications sent once by two
+real processes in tests/test_notification_replicas.py.
 """
 
 from __future__ import annotations
