@@ -124,6 +124,28 @@ async def test_issuer_update_validates_type_and_config_together(api: Api) -> Non
     assert unknown.status_code == 400
 
 
+async def test_issuer_config_that_cannot_be_stored_is_400(api: Api) -> None:
+    """JSON puts no bound on integers; the stored (and sealed) config is 64-bit. Found by the API fuzz test."""
+    body = {"name": "huge", "type": "GenericCA", "config": {"nested": {"n": 645499449901889872042481781047280}}}
+    before = (await api.admin.get("/api/v1/issuers")).json()["total"]
+    refused = await api.admin.post("/api/v1/issuers", json=body)
+    assert refused.status_code == 400
+    assert "config" in refused.json()["message"] and "cannot be stored" in refused.json()["message"]
+    assert refused.json()["request_id"]
+    assert (await api.admin.get("/api/v1/issuers")).json()["total"] == before
+    created = await factories.issuer(api.admin)
+    update = await api.admin.put(f"/api/v1/issuers/{created['id']}", json={"config": {"n": -(2 ** 70)}})
+    assert update.status_code == 400
+    assert (await api.admin.get(f"/api/v1/issuers/{created['id']}")).json()["config"] == created["config"]
+    # The same bound on every free-form JSON object a request may carry.
+    for path, payload in (
+        ("/api/v1/targets", {"name": "t", "type": "NGINX", "agent_id": "a", "config": {"n": 2 ** 64}}),
+        ("/api/v1/policies", {"name": "p", "type": "AllowedDomains", "config": {"n": 2 ** 64}}),
+    ):
+        answer = await api.admin.post(path, json=payload)
+        assert answer.status_code == 400 and "cannot be stored" in answer.text, answer.text
+
+
 async def test_issuer_duplicate_name_is_409(api: Api) -> None:
     await factories.issuer(api.admin, name="dup")
     clash = await api.admin.post("/api/v1/issuers", json={"name": "dup", "type": "GenericCA"})

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from certctl.domain.enums import JobStatus, JobType
-from certctl.domain.models.common import InputModel, WireModel
+from certctl.domain.models.common import InputModel, JsonObject, WireModel
 
 
 class WorkItem(WireModel):
@@ -67,7 +67,7 @@ class JobStatusReport(InputModel):
 
     status: Literal["Running", "Completed", "Failed"]
     error: str | None = Field(default=None, max_length=4096)
-    deployment_result: dict[str, Any] | None = None
+    deployment_result: JsonObject | None = None
     verification: VerificationReport | None = None
 
     @field_validator("status", mode="before")

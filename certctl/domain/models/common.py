@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+import orjson
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 T = TypeVar("T")
 
@@ -47,3 +48,15 @@ class Page(WireModel, Generic[T]):
     total: int
     page: int
     per_page: int
+
+
+def _storable(value: dict[str, Any]) -> dict[str, Any]:
+    try:
+        orjson.dumps(value)  # what the JSON columns write
+    except TypeError as exc:  # JSON bounds no integer; a stored one is 64-bit
+        raise ValueError(f"cannot be stored: {exc}") from None
+    return value
+
+
+# A free-form JSON object from a request (connector configs, metadata) that the database can hold.
+JsonObject = Annotated[dict[str, Any], AfterValidator(_storable)]

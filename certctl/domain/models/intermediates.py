@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from certctl.domain.models.common import InputModel, WireModel
+from certctl.domain.models.common import InputModel, JsonObject, WireModel
 
 CAState = Literal["active", "retiring", "retired"]
 
@@ -99,7 +99,7 @@ class IntermediateCACreate(InputModel):
     path_len_constraint: int | None = Field(default=None, ge=0, le=32)
     name_constraints: list[NameConstraintIn] = Field(default_factory=list, max_length=16)
     ocsp_responder_url: str = Field(default="", max_length=2048)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: JsonObject = Field(default_factory=dict)
 
 
 class RetireIntermediateBody(InputModel):

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from certctl.domain.enums import IssuerType
-from certctl.domain.models.common import InputModel, WireModel
+from certctl.domain.models.common import InputModel, JsonObject, WireModel
 
 _ID = Field(default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")
 
@@ -33,7 +33,7 @@ class IssuerCreate(InputModel):
     id: str | None = _ID
     name: str = Field(min_length=1, max_length=255)
     type: IssuerType  # any case accepted; the canonical spelling is stored
-    config: dict[str, Any] = Field(default_factory=dict)
+    config: JsonObject = Field(default_factory=dict)
     enabled: bool = True
     hierarchy_mode: Literal["single", "tree"] = "single"
 
@@ -42,7 +42,7 @@ class IssuerUpdate(InputModel):
     name: str | None = Field(default=None, min_length=1, max_length=255)
     type: IssuerType | None = None
     # Replaces the whole config; a `********` value keeps the stored secret.
-    config: dict[str, Any] | None = None
+    config: JsonObject | None = None
     enabled: bool | None = None
     hierarchy_mode: Literal["single", "tree"] | None = None
 

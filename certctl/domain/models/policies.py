@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from certctl.domain.enums import PolicySeverity, PolicyType
-from certctl.domain.models.common import InputModel, WireModel
+from certctl.domain.models.common import InputModel, JsonObject, WireModel
 
 
 class PolicyRule(WireModel):
@@ -28,7 +28,7 @@ class PolicyRuleCreate(InputModel):
     name: str = Field(min_length=1, max_length=255)
     type: PolicyType
     # Checked against the rule type's own schema by the service (400 naming the bad key).
-    config: dict[str, Any] = Field(default_factory=dict)
+    config: JsonObject = Field(default_factory=dict)
     enabled: bool = True
     severity: PolicySeverity = PolicySeverity.WARNING
 
@@ -36,7 +36,7 @@ class PolicyRuleCreate(InputModel):
 class PolicyRuleUpdate(InputModel):
     name: str | None = Field(default=None, min_length=1, max_length=255)
     type: PolicyType | None = None
-    config: dict[str, Any] | None = None
+    config: JsonObject | None = None
     enabled: bool | None = None
     severity: PolicySeverity | None = None
 

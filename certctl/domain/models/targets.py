@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import Field
 
 from certctl.domain.enums import TargetType
-from certctl.domain.models.common import InputModel, WireModel
+from certctl.domain.models.common import InputModel, JsonObject, WireModel
 
 
 class DeploymentTarget(WireModel):
@@ -31,7 +31,7 @@ class TargetCreate(InputModel):
     name: str = Field(min_length=1, max_length=255)
     type: TargetType
     agent_id: str = Field(min_length=1, max_length=128)
-    config: dict[str, Any] = Field(default_factory=dict)
+    config: JsonObject = Field(default_factory=dict)
     enabled: bool = True
 
 
@@ -39,5 +39,5 @@ class TargetUpdate(InputModel):
     name: str | None = Field(default=None, min_length=1, max_length=255)
     type: TargetType | None = None
     agent_id: str | None = Field(default=None, min_length=1, max_length=128)
-    config: dict[str, Any] | None = None
+    config: JsonObject | None = None
     enabled: bool | None = None
