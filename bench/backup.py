@@ -64,8 +64,9 @@ async def certificate_count(url: str) -> int:
 
 
 def seed(rows: int, database: str) -> None:
+    # No settle: first_boot below must make the local CA with its key in this script's own data directory.
     subprocess.run([sys.executable, str(REPO / "bench" / "seed_certs.py"), "--rows", str(rows), "--database",
-                    database, "--recreate"], check=True, cwd=REPO)
+                    database, "--recreate", "--no-settle"], check=True, cwd=REPO)
 
 
 async def first_boot(url: str, data_dir: Path) -> None:
