@@ -20,7 +20,7 @@ OCSP
 - Answers with a nonce are built and signed for the request (RFC 6960 §4.4.1).
 - Freshness across processes: every process reads the revocations recorded since its last look
   (`created_at` index range scan) at most every 250 ms, triggered by OCSP traffic, and drops cached
-  answers for exactly those serials. A request never answers from a view older than 750 ms: past
+  answers for exactly those serials. A request never answers from a view older than 500 ms: past
   that it waits for the read in flight (unless the database is failing, when cached answers are
   still served: nothing can be revoked without it). With the revoke path's own `revoked()` dropping
   the whole CA's answers at once, a revocation shows in OCSP within a second on every server. The
@@ -77,7 +77,7 @@ OCSP_REUSE: Final = timedelta(minutes=5)
 OCSP_REUSE_UNKNOWN: Final = timedelta(seconds=1)
 OCSP_CACHE_MAX: Final = 50_000
 POLL_INTERVAL: Final = 0.25
-POLL_MAX_STALENESS: Final = 0.75
+POLL_MAX_STALENESS: Final = 0.5  # + the read's own time: under 1 s even when the database is slow to answer
 POLL_OVERLAP: Final = timedelta(seconds=10)
 DEFAULT_OCSP_LIMIT_PER_IP_MIN: Final = 1000
 TARGET_TTL: Final = 5.0  # an issuer id in a URL is re-resolved to its issuing CA after this many seconds
