@@ -10,7 +10,7 @@ foreign-key triggers are skipped for the session (the rows are consistent by con
 the table is VACUUM ANALYZEd so the planner and index-only scans see the real data.
 
 Last, the inventory is settled: a real `certctl server` runs on it until its scheduler has nothing left to
-catch up on (its CPU falls idle). Seeded rows include ~100,000 certificates inside their renewal window
+catch up on (its CPU falls idle). Seeded rows include ~68,000 renewable certificates inside their renewal window
 with no renewal job, a backlog that a running deployment never has; without this step the first
 benchmark after a seed would measure that one-off catch-up (renewal jobs created for every one of them)
 instead of the API. The time it took is reported as `settle_s`.
