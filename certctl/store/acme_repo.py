@@ -15,9 +15,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from certctl.domain.errors import ConflictError, UnavailableError
+from certctl.domain.errors import ConflictError
 from certctl.store import rows
-from certctl.store.database import STORAGE_FULL, describe_integrity_error
+from certctl.store.database import describe_integrity_error, driver_call, driver_connection
 from certctl.store.rows import Row, cached_statement
 from certctl.store.schema import (
     acme_accounts,
@@ -57,22 +57,6 @@ _PG_SPEND_THUMBPRINT = (_SPENT + f"SELECT (SELECT count(*) FROM spent) AS _fresh
                         "FROM (SELECT 1) AS one LEFT JOIN acme_accounts a ON a.profile_id = $3 AND a.thumbprint = $4")
 
 
-async def _driver(conn: AsyncConnection) -> Any:
-    return (await conn.get_raw_connection()).driver_connection
-
-
-async def _raw(conn: AsyncConnection, call: Any) -> Any:
-    """Driver errors as the store reports them elsewhere: an unreachable or full database is a 503."""
-    try:
-        return await call
-    except asyncpg.DiskFullError:
-        raise UnavailableError(STORAGE_FULL) from None
-    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
-            asyncpg.AdminShutdownError, OSError) as exc:
-        await conn.invalidate()
-        raise UnavailableError("the database is unavailable; retry shortly") from exc
-
-
 def _columns(alias: str, table: Any, prefix: str = "") -> str:
     return ", ".join(f'{alias}."{c.name}" AS "{prefix}{c.name}"' for c in table.c)
 
@@ -99,10 +83,10 @@ async def spend_nonce(
     account row is read too: on PostgreSQL in the same statement (one round trip per ACME request)."""
     dialect = conn.dialect.name
     if dialect == "postgresql":
-        raw = await _driver(conn)
+        raw = await driver_connection(conn)
         if account_id is None:
-            return bool(await _raw(conn, raw.fetchval(_PG_SPEND, value, expires_at))), None
-        record = await _raw(conn, raw.fetchrow(_PG_SPEND_ACCOUNT, value, expires_at, account_id))
+            return bool(await driver_call(conn, raw.fetchval(_PG_SPEND, value, expires_at))), None
+        record = await driver_call(conn, raw.fetchrow(_PG_SPEND_ACCOUNT, value, expires_at, account_id))
         return bool(record["_fresh"]), _account_of(record)
     stmt = cached_statement(("acme_spend_nonce", dialect), lambda: sqlite_insert(acme_nonces)
                             .on_conflict_do_nothing(index_elements=["value"]))
@@ -118,8 +102,8 @@ async def spend_nonce_for_key(
     """Spend a nonce and read the profile's account of a key thumbprint (newAccount): one statement on
     PostgreSQL."""
     if conn.dialect.name == "postgresql":
-        raw = await _driver(conn)
-        record = await _raw(conn, raw.fetchrow(_PG_SPEND_THUMBPRINT, value, expires_at, profile_id, thumbprint))
+        raw = await driver_connection(conn)
+        record = await driver_call(conn, raw.fetchrow(_PG_SPEND_THUMBPRINT, value, expires_at, profile_id, thumbprint))
         return bool(record["_fresh"]), _account_of(record)
     fresh, _ = await spend_nonce(conn, value, expires_at)
     return fresh, await account_by_thumbprint(conn, profile_id, thumbprint) if fresh else None
@@ -184,11 +168,11 @@ async def insert_account_audited(
     """PostgreSQL: the account and its audit event in one statement (so one transaction); False, and nothing
     written, when the profile already has an account for this key (a concurrent newAccount won)."""
     assert conn.dialect.name == "postgresql"
-    raw = await _driver(conn)
+    raw = await driver_connection(conn)
     # JSON columns go to the driver as text, as SQLAlchemy's serializer hands them over.
     args = [orjson.dumps(values[c]).decode() if c in ("jwk", "contact") else values[c] for c in _ACCOUNT_INSERT_COLUMNS]
     args += [orjson.dumps(event[c]).decode() if c == "details" else event[c] for c in _AUDIT_COLUMNS]
-    return bool(await _raw(conn, raw.fetchval(_PG_INSERT_ACCOUNT_AUDITED, *args)))
+    return bool(await driver_call(conn, raw.fetchval(_PG_INSERT_ACCOUNT_AUDITED, *args)))
 
 
 async def update_account(conn: AsyncConnection, account_id: str, values: Mapping[str, Any]) -> None:
@@ -273,7 +257,7 @@ async def insert_order_audited(
     status and validation time, as a new order's do."""
     assert conn.dialect.name == "postgresql" and order["replaces_order_id"] is None
     assert len({a["status"] for a in authzs}) == 1 and len({c["status"] for c in challenges}) == 1
-    raw = await _driver(conn)
+    raw = await driver_connection(conn)
     args = [
         order["id"], order["account_id"], order["profile_id"], order["status"],
         orjson.dumps(order["identifiers"]).decode(), order["not_before"], order["not_after"], order["created_at"],
@@ -285,7 +269,7 @@ async def insert_order_audited(
         [c["token"] for c in challenges],
         *(orjson.dumps(event[c]).decode() if c == "details" else event[c] for c in _AUDIT_COLUMNS),
     ]
-    return bool(await _raw(conn, raw.fetchval(_PG_INSERT_ORDER_AUDITED, *args)))
+    return bool(await driver_call(conn, raw.fetchval(_PG_INSERT_ORDER_AUDITED, *args)))
 
 
 async def get_order(conn: AsyncConnection, order_id: str, *, for_update: bool = False) -> Row | None:
@@ -310,7 +294,7 @@ async def order_with_authzs(
 ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """An order and its authorizations' (id, status, expires_at) in one statement."""
     if conn.dialect.name == "postgresql":
-        found = list(await _raw(conn, (await _driver(conn)).fetch(_PG_ORDER_AUTHZS, order_id)))
+        found = list(await driver_call(conn, (await driver_connection(conn)).fetch(_PG_ORDER_AUTHZS, order_id)))
     else:
         found = await _order_authz_rows(conn, order_id)
     if not found:
@@ -337,7 +321,7 @@ async def authz_with_challenges(
     """An authorization and its challenges in one statement."""
     z, c = acme_authorizations.c, acme_challenges.c
     if conn.dialect.name == "postgresql":
-        found = list(await _raw(conn, (await _driver(conn)).fetch(_PG_AUTHZ_CHALLENGES, authz_id)))
+        found = list(await driver_call(conn, (await driver_connection(conn)).fetch(_PG_AUTHZ_CHALLENGES, authz_id)))
     else:
         stmt = cached_statement(("acme_authz_challs",), lambda: select(
             acme_authorizations, *(col.label(f"_c_{col.name}") for col in acme_challenges.c),
@@ -442,7 +426,7 @@ async def challenge_with_authz(conn: AsyncConnection, challenge_id: str) -> tupl
     if conn.dialect.name != "postgresql":
         challenge = await get_challenge(conn, challenge_id)
         return challenge, await get_authz(conn, challenge["authz_id"]) if challenge is not None else None
-    record = await _raw(conn, (await _driver(conn)).fetchrow(_PG_CHALLENGE_AUTHZ, challenge_id))
+    record = await driver_call(conn, (await driver_connection(conn)).fetchrow(_PG_CHALLENGE_AUTHZ, challenge_id))
     if record is None:
         return None, None
     return ({c.name: record[c.name] for c in acme_challenges.c},
@@ -453,7 +437,7 @@ async def claim_challenge(conn: AsyncConnection, challenge_id: str, now: datetim
     """pending → processing in one statement; the updated challenge, or None when it was not pending (another
     request claimed it first). PostgreSQL only (the caller's connection is outside a transaction)."""
     assert conn.dialect.name == "postgresql"
-    record = await _raw(conn, (await _driver(conn)).fetchrow(_PG_CLAIM_CHALLENGE, challenge_id, now))
+    record = await driver_call(conn, (await driver_connection(conn)).fetchrow(_PG_CLAIM_CHALLENGE, challenge_id, now))
     return dict(record) if record is not None else None
 
 
@@ -488,7 +472,7 @@ SELECT (SELECT status FROM o) AS order_status"""
 
 async def lock_outcome(conn: AsyncConnection, challenge_id: str) -> Rec | None:
     """PostgreSQL, in the caller's driver-level transaction: the challenge, authorization and order locked."""
-    record = await _raw(conn, (await _driver(conn)).fetchrow(_PG_LOCK_OUTCOME, challenge_id))
+    record = await driver_call(conn, (await driver_connection(conn)).fetchrow(_PG_LOCK_OUTCOME, challenge_id))
     return dict(record) if record is not None else None
 
 
@@ -500,12 +484,12 @@ async def record_outcome(
     pending; the other pending challenges of a valid one become invalid), the order (ready when every
     authorization is valid, invalid on a failure; only when pending) and the audit event, in one statement.
     Returns the order's new status, or None when it did not change."""
-    raw = await _driver(conn)
+    raw = await driver_connection(conn)
     error = orjson.dumps(changes["error"]).decode() if changes["error"] is not None else None
     record = orjson.dumps(changes["validation_record"]).decode() if changes["validation_record"] is not None \
         else None
     audit_args = [orjson.dumps(event[c]).decode() if c == "details" else event[c] for c in _AUDIT_COLUMNS]
-    return await _raw(conn, raw.fetchval(  # type: ignore[no-any-return]
+    return await driver_call(conn, raw.fetchval(  # type: ignore[no-any-return]
         _PG_RECORD_OUTCOME, challenge_id, changes["status"], changes["validated_at"], error, record,
         changes["updated_at"], locked["authz_id"], locked["order_id"], *audit_args))
 
@@ -516,7 +500,7 @@ async def driver_transaction(conn: AsyncConnection) -> AsyncIterator[None]:
     on an error). SQLAlchemy statements on the same connection join it when the connection is in autocommit
     mode (SQLAlchemy then opens no transaction of its own). Constraint violations become a ConflictError."""
     try:
-        async with (await _driver(conn)).transaction():
+        async with (await driver_connection(conn)).transaction():
             yield
     except IntegrityError as exc:
         raise ConflictError(describe_integrity_error(exc)) from exc
@@ -548,7 +532,7 @@ _PG_LOCK_ORDER = (f"SELECT {_columns('o', acme_orders)}, "
 async def lock_order_with_authzs(conn: AsyncConnection, order_id: str) -> tuple[Rec | None, list[Rec]]:
     """PostgreSQL, in a driver-level transaction: the order locked, with its authorizations' (id, status,
     expires_at), in one statement."""
-    record = await _raw(conn, (await _driver(conn)).fetchrow(_PG_LOCK_ORDER, order_id))
+    record = await driver_call(conn, (await driver_connection(conn)).fetchrow(_PG_LOCK_ORDER, order_id))
     if record is None:
         return None, []
     order = {c.name: record[c.name] for c in acme_orders.c}
@@ -614,7 +598,7 @@ async def store_issued(
             order_changes["status"], order_changes["certificate_id"], order_changes["version_id"],
             order_changes["updated_at"], order_id]
     try:
-        record = await _raw(conn, (await _driver(conn)).fetchrow(sql, *args))
+        record = await driver_call(conn, (await driver_connection(conn)).fetchrow(sql, *args))
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name == "uq_versions_ca_serial":
             raise ConflictError(f"the serial number {version.get('serial_number')} is already used") from None
@@ -633,7 +617,7 @@ async def version_by_fingerprint(conn: AsyncConnection, fingerprint: str) -> Row
 async def version_with_owner(conn: AsyncConnection, version_id: str) -> Mapping[Any, Any] | None:
     """A version's chain and CA with the account of the order that produced it (NULL: not an ACME order)."""
     if conn.dialect.name == "postgresql":
-        record = await _raw(conn, (await _driver(conn)).fetchrow(_PG_VERSION_OWNER, version_id))
+        record = await driver_call(conn, (await driver_connection(conn)).fetchrow(_PG_VERSION_OWNER, version_id))
         return dict(record) if record is not None else None
     v, o = certificate_versions.c, acme_orders.c
     stmt = cached_statement(("acme_version_owner",), lambda: select(v.id, v.pem_chain, v.ca_id, o.account_id)

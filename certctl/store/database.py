@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import asyncpg
 import orjson
 from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
@@ -129,6 +130,24 @@ def is_unreachable(exc: DBAPIError) -> bool:
         return sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES
     # SQLite: a write lock held past busy_timeout.
     return isinstance(exc, OperationalError) and "database is locked" in str(exc.orig)
+
+
+async def driver_connection(conn: AsyncConnection) -> Any:
+    """The driver's own connection (asyncpg) under `conn`, for statements prepared and run without SQLAlchemy."""
+    return (await conn.get_raw_connection()).driver_connection
+
+
+async def driver_call(conn: AsyncConnection, call: Any) -> Any:
+    """Await a call on the driver connection with driver errors mapped as the store maps them elsewhere:
+    a full database or an unreachable one is a 503, and a broken connection leaves the pool."""
+    try:
+        return await call
+    except asyncpg.DiskFullError:
+        raise UnavailableError(STORAGE_FULL) from None
+    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+            asyncpg.AdminShutdownError, OSError) as exc:
+        await conn.invalidate()
+        raise UnavailableError("the database is unavailable; retry shortly") from exc
 
 
 def _json_dumps(value: Any) -> str:

@@ -11,9 +11,9 @@ import orjson
 from sqlalchemy import and_, bindparam, exists, not_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from certctl.domain.errors import ConflictError, UnavailableError
+from certctl.domain.errors import ConflictError
 from certctl.store import rows
-from certctl.store.database import STORAGE_FULL
+from certctl.store.database import driver_call, driver_connection
 from certctl.store.rows import Row
 from certctl.store.schema import (
     certificate_private_keys,
@@ -267,22 +267,6 @@ class CSRIntake:
     targets: list[tuple[str, str]]  # (target id, agent id) of live targets with no open deployment job
 
 
-async def _driver(conn: AsyncConnection) -> Any:
-    return (await conn.get_raw_connection()).driver_connection
-
-
-async def _raw_call(conn: AsyncConnection, call: Any) -> Any:
-    """Driver errors as the store reports them elsewhere: an unreachable or full database is a 503."""
-    try:
-        return await call
-    except asyncpg.DiskFullError:
-        raise UnavailableError(STORAGE_FULL) from None
-    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
-            asyncpg.AdminShutdownError, OSError) as exc:
-        await conn.invalidate()
-        raise UnavailableError("the database is unavailable; retry shortly") from exc
-
-
 async def csr_intake(
     conn: AsyncConnection, agent_id: str, *, certificate_id: str | None, job_id: str | None,
     issuing_types: Sequence[str],
@@ -290,11 +274,11 @@ async def csr_intake(
     """PostgreSQL only: the agent, the job (by id, else the newest AwaitingCSR issuing job of the
     certificate), its certificate, issuer and profile, whether the agent deploys the certificate,
     the issuer's CAs and the targets a new version would be deployed to."""
-    raw = await _driver(conn)
+    raw = await driver_connection(conn)
     if job_id:
-        record = await _raw_call(conn, raw.fetchrow(_INTAKE_BY_JOB, agent_id, job_id))
+        record = await driver_call(conn, raw.fetchrow(_INTAKE_BY_JOB, agent_id, job_id))
     else:
-        record = await _raw_call(conn, raw.fetchrow(_INTAKE_BY_CERTIFICATE, agent_id, certificate_id,
+        record = await driver_call(conn, raw.fetchrow(_INTAKE_BY_CERTIFICATE, agent_id, certificate_id,
                                                     list(issuing_types)))
     values = tuple(record)
     parts: list[dict[str, Any] | None] = []
@@ -390,9 +374,9 @@ async def store_agent_issuance(
     A serial number already used by the CA (`serial_taken`) also writes nothing."""
     if conn.in_transaction():  # the statement must be its own transaction, not part of one that may roll back
         raise RuntimeError("store_agent_issuance needs a connection outside any transaction")
-    raw = await _driver(conn)
+    raw = await driver_connection(conn)
     try:
-        record = await _raw_call(conn, raw.fetchrow(
+        record = await driver_call(conn, raw.fetchrow(
             _STORE_AGENT_ISSUANCE, job["id"], job["updated_at"], now, csr_pem, agent_id,
             version["id"], version["serial_number"], version["not_before"], version["not_after"],
             version["fingerprint_sha256"], version["pem_chain"], version["key_algorithm"], version["key_size"],
