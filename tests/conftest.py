@@ -7,8 +7,11 @@ A migrated template is made once per back end and per xdist worker; each test ge
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +26,7 @@ from fastapi import FastAPI
 
 from certctl.api.app import create_app
 from certctl.config import NamedKey, Settings
+from certctl.logs import QUIET_LIBRARIES, configure_logging
 from certctl.services.container import Services
 from certctl.store import migrate
 from certctl.store.database import Database
@@ -172,3 +176,19 @@ async def api(database_url: str, tmp_path: Path) -> AsyncIterator[Api]:
         yield running
     finally:
         await stop_api(running, lifespan)
+
+
+@pytest.fixture
+def debug_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
+    """Everything the server's own logging set-up writes at debug level, as JSON lines (secret-leak tests)."""
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, {n: logging.getLogger(n).level for n in QUIET_LIBRARIES})
+    monkeypatch.setattr(sys, "stderr", stream)
+    configure_logging("debug", "json")
+    try:
+        yield stream
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
+        for name, level in saved[2].items():
+            logging.getLogger(name).setLevel(level)

@@ -12,20 +12,15 @@ from __future__ import annotations
 
 import base64
 import io
-import logging
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import orjson
-import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from certctl.agent.client import ServerClient
 from certctl.agent.runner import AgentRunner
-from certctl.logs import QUIET_LIBRARIES, configure_logging
 from certctl.scheduler import SchedulerSettings, build_scheduler
 from certctl.services.issuance import run_due_issuing_jobs
 from certctl.store import issuance_repo
@@ -35,21 +30,6 @@ from tests.test_acme_server import EAB_DIRECTORY, Acme, acme, b64, eab_jws, jwk_
 from tests.test_agent_runner import _config
 
 BOOTSTRAP = "bootstrap-token-for-tests"
-
-
-@pytest.fixture
-def debug_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level, {n: logging.getLogger(n).level for n in QUIET_LIBRARIES})
-    monkeypatch.setattr(sys, "stderr", stream)
-    configure_logging("debug", "json")
-    try:
-        yield stream
-    finally:
-        root.handlers[:], root.level = saved[0], saved[1]
-        for name, level in saved[2].items():
-            logging.getLogger(name).setLevel(level)
 
 
 def _forms(secret: str) -> list[str]:

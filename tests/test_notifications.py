@@ -9,9 +9,7 @@ import asyncio
 import hashlib
 import hmac
 import io
-import logging
 import re
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,7 +22,6 @@ from sqlalchemy import select, update
 
 from certctl.config import SettingsError
 from certctl.domain.clock import FakeClock
-from certctl.logs import QUIET_LIBRARIES, configure_logging
 from certctl.observability import metrics
 from certctl.services.issuance import run_due_issuing_jobs
 from certctl.services.notifications import NOT_CONFIGURED, NotificationSettings, backoff
@@ -429,21 +426,6 @@ def test_settings_defaults_and_channels() -> None:
                                                              "OpsGenieConfig"]
     assert ROUTING_KEY not in repr(settings) and OPSGENIE_KEY not in repr(settings)
     assert "hooks.slack.com" not in repr(settings)
-
-
-@pytest.fixture
-def debug_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level, {n: logging.getLogger(n).level for n in QUIET_LIBRARIES})
-    monkeypatch.setattr(sys, "stderr", stream)
-    configure_logging("debug", "json")
-    try:
-        yield stream
-    finally:
-        root.handlers[:], root.level = saved[0], saved[1]
-        for name, level in saved[2].items():
-            logging.getLogger(name).setLevel(level)
 
 
 async def test_no_secret_in_logs_or_responses(
