@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import orjson
-
 from certctl.domain.errors import UnavailableError, ValidationError
 from certctl.domain.redaction import REDACTED, merge_redacted, redact_config
 from certctl.pki.sealing import ConfigSealer
@@ -50,10 +48,6 @@ _MAX_COMMAND = 1024
 def sealed_columns(sealer: ConfigSealer, config: Mapping[str, Any]) -> dict[str, Any]:
     """Column values for a full config: the redacted view and the sealed whole."""
     full = dict(config)
-    try:
-        orjson.dumps(full)  # what the JSON columns and the sealer write: refuse here what they cannot hold
-    except TypeError as exc:  # an integer beyond 64 bits; JSON itself puts no bound on numbers
-        raise ValidationError(f"config: cannot be stored: {exc}") from None
     return {"config": redact_config(full), "encrypted_config": sealer.seal(full) if full else None}
 
 
