@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 
 from certctl.domain.clock import FakeClock
 from certctl.services.acme import ari_cert_id, parse_ari_cert_id, serial_der_bytes
+from certctl.store import acme_repo
 from tests import factories
 from tests.acme_client import JOSE, AcmeClient, b64, csr_der, eab_jws, jwk_of, jws, new_key, thumbprint
 from tests.conftest import Api, make_settings, start_api, stop_api
@@ -272,6 +273,121 @@ async def test_account_lookup_update_and_deactivation(acme: Acme) -> None:
     assert gone.json()["status"] == "deactivated"
     problem(await client.order("x.example.com"), "unauthorized", 401)
     assert "acme_account_deactivated" in await acme.api.audit_actions("acme_account")
+
+
+async def _order_and_authz_status(acme: Acme, order_url: str) -> tuple[str, list[str]]:
+    order_id = order_url.rstrip("/").rsplit("/", 1)[-1]
+    async with acme.api.services.acme.ctx.db.read() as conn:
+        order = await acme_repo.get_order(conn, order_id)
+        assert order is not None
+        authzs = await acme_repo.authz_ids_of_order(conn, order_id)
+    return str(order["status"]), [str(a["status"]) for a in authzs]
+
+
+async def _audit_details(acme: Acme, action: str) -> list[dict[str, Any]]:
+    await acme.api.services.audit_sink.flush()
+    response = await acme.api.admin.get("/api/v1/audit", params={"per_page": 500, "resource_type": "acme_account"})
+    assert response.status_code == 200, response.text
+    return [e["details"] for e in response.json()["data"] if e["action"] == action]
+
+
+async def test_deactivation_cancels_the_accounts_pending_work(acme: Acme) -> None:
+    """RFC 8555 §7.3.6: a deactivated account's pending, ready and processing orders become invalid and its
+    pending authorizations deactivated, in the transaction that deactivates it; its requests then get 401."""
+    client = await acme.account(directory=CHALLENGE_DIRECTORY)
+    other = await acme.account(directory=CHALLENGE_DIRECTORY)
+    pending = await client.order("pending.example.com", "second.example.com")
+    ready = await client.order("ready.example.com")
+    authz = (await client.post(ready.json()["authorizations"][0], None)).json()
+    assert (await client.post(authz["challenges"][0]["url"], {})).json()["status"] == "valid"
+    await acme.api.services.acme.settle()
+    done = await client.order("done.example.com")
+    authz = (await client.post(done.json()["authorizations"][0], None)).json()
+    await client.post(authz["challenges"][0]["url"], {})
+    await acme.api.services.acme.settle()
+    der, _ = csr_der(["done.example.com"])
+    assert (await client.post(done.json()["finalize"], {"csr": b64(der)})).json()["status"] == "valid"
+    untouched = await other.order("pending.example.com")
+    assert await _order_and_authz_status(acme, ready.headers["Location"]) == ("ready", ["valid"])
+
+    gone = await client.post(client.kid or "", {"status": "deactivated"})
+    assert gone.status_code == 200 and gone.json()["status"] == "deactivated"
+    assert await _order_and_authz_status(acme, pending.headers["Location"]) == \
+        ("invalid", ["deactivated", "deactivated"])
+    assert await _order_and_authz_status(acme, ready.headers["Location"]) == ("invalid", ["valid"])
+    assert await _order_and_authz_status(acme, done.headers["Location"]) == ("valid", ["valid"])
+    assert await _order_and_authz_status(acme, untouched.headers["Location"]) == ("pending", ["pending"])
+    [details] = await _audit_details(acme, "acme_account_deactivated")
+    assert details["orders_invalidated"] == 2 and details["authorizations_deactivated"] == 2
+    # Every request signed by the account is refused from now on, reads included.
+    for url, payload in ((pending.headers["Location"], None), (client.directory["newOrder"], {
+            "identifiers": [{"type": "dns", "value": "x.example.com"}]}), (client.kid or "", None)):
+        problem(await client.post(url, payload), "unauthorized", 401)
+
+
+async def test_revocation_by_an_account_holding_authorizations_for_every_name(acme: Acme) -> None:
+    """RFC 8555 §7.6: an account that did not order a certificate may revoke it when it holds valid, unexpired
+    authorizations for all of its identifiers (a wildcard needs a wildcard authorization); others get 403."""
+    owner = await acme.account()
+    names = ("a.example.com", "*.b.example.com", "192.0.2.9")
+    pem, _ = await owner.issue(*names)
+    der = x509.load_pem_x509_certificate(pem.encode()).public_bytes(serialization.Encoding.DER)
+    url = owner.directory["revokeCert"]
+
+    partial = await acme.account()  # validated only some of the names (trust_authenticated: ready at once)
+    assert (await partial.order("a.example.com", "192.0.2.9")).status_code == 201
+    denied = problem(await partial.post(url, {"certificate": b64(der)}), "unauthorized", 403)
+    assert "authorizations" in denied["detail"]
+    no_wildcard = await acme.account()  # b.example.com itself, but not the wildcard
+    assert (await no_wildcard.order("a.example.com", "b.example.com", "192.0.2.9")).status_code == 201
+    problem(await no_wildcard.post(url, {"certificate": b64(der)}), "unauthorized", 403)
+    expired = await acme.account()  # every name, but its authorizations expire before it asks
+    assert (await expired.order(*names)).status_code == 201
+    acme.clock.advance(timedelta(days=2))
+    expired._nonce = owner._nonce = None  # the nonces handed out before expired with the clock
+    problem(await expired.post(url, {"certificate": b64(der)}), "unauthorized", 403)
+
+    holder = await acme.account()
+    assert (await holder.order(*names)).status_code == 201
+    assert (await holder.post(url, {"certificate": b64(der), "reason": 4})).status_code == 200
+    assert [c["status"] for c in await managed_acme_certificates(acme.api)] == ["Revoked"]
+    problem(await owner.post(url, {"certificate": b64(der)}), "alreadyRevoked", 400)
+
+
+async def test_revocation_after_real_challenges_on_a_challenge_profile(acme: Acme) -> None:
+    """The same rule where names are proven by challenges: a second account that validated every name revokes;
+    one whose validation failed for a name cannot."""
+    owner = await acme.account(directory=CHALLENGE_DIRECTORY)
+
+    async def validate(client: AcmeClient, *names: str) -> dict[str, Any]:
+        order = (await client.order(*names)).json()
+        for authz_url in order["authorizations"]:
+            authz = (await client.post(authz_url, None)).json()
+            await client.post(authz["challenges"][0]["url"], {})
+        await acme.api.services.acme.settle()
+        return order
+
+    order = await validate(owner, "c.example.com", "d.example.com")
+    der, _ = csr_der(["c.example.com", "d.example.com"])
+    final = (await owner.post(order["finalize"], {"csr": b64(der)})).json()
+    pem = (await owner.post(final["certificate"], None)).text
+    cert_der = x509.load_pem_x509_certificate(pem.encode()).public_bytes(serialization.Encoding.DER)
+    url = owner.directory["revokeCert"]
+
+    failing = await acme.account(directory=CHALLENGE_DIRECTORY)
+    acme.validator.fail.add("d.example.com")
+    await validate(failing, "c.example.com", "d.example.com")
+    problem(await failing.post(url, {"certificate": b64(cert_der)}), "unauthorized", 403)
+    acme.validator.fail.clear()
+    prover = await acme.account(directory=CHALLENGE_DIRECTORY)
+    await validate(prover, "c.example.com")
+    await validate(prover, "d.example.com")  # the names may come from different orders
+    # An account of another profile never can, whatever it validated there.
+    trusted = await acme.account()
+    assert (await trusted.order("c.example.com", "d.example.com")).status_code == 201
+    cross = await trusted.post(url.replace("p-chal", "p-acme"), {"certificate": b64(cert_der)})
+    problem(cross, "unauthorized", 403)
+    assert (await prover.post(url, {"certificate": b64(cert_der)})).status_code == 200
 
 
 async def test_key_change_checks_the_inner_jws(acme: Acme) -> None:

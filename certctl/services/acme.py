@@ -8,7 +8,8 @@ Sequences (each write is one transaction with its audit event):
   replicas share). Spending it inserts it into `acme_nonces` (primary key): a second use anywhere is refused
   (`badNonce`); expired rows are swept by the GC.
 - **accounts** (§7.3): one per (profile, key thumbprint); EAB (§7.3.4) checked with the profile's keys;
-  key rollover (§7.3.5) re-keys the row; deactivation is final.
+  key rollover (§7.3.5) re-keys the row; deactivation is final and cancels the account's pending orders and
+  authorizations (§7.3.6).
 - **orders** (§7.4): identifiers checked (dns, ip, wildcards), the profile's SAN patterns applied, rate limits
   hit; `trust_authenticated` profiles create the order `ready` with valid authorizations, `challenge` profiles
   create pending authorizations with http-01 / dns-01 / tls-alpn-01 challenges (128+ bit tokens).
@@ -20,7 +21,8 @@ Sequences (each write is one transaction with its audit event):
   (`certctl.pki.csr_policy.check_csr`, the same checks as every other issuance path); it is then signed by the
   configured issuer's CA and stored as a managed certificate with source `ACME`: certificate row, version,
   audit `certificate_issued` and policy evaluation in one transaction.
-- **revocation** (§7.6): by the owning account or the certificate's key; it goes through
+- **revocation** (§7.6): by the owning account, an account of the profile holding valid authorizations for all
+  of the certificate's identifiers, or the certificate's key; it goes through
   `CertificateActionService.revoke`, so CRL and OCSP change at once.
 - **ARI** (RFC 9773): certificate id = base64url(AKI keyIdentifier) "." base64url(serial DER bytes).
 """
@@ -531,7 +533,9 @@ class AcmeService:
         return key_id
 
     async def update_account(self, account: Row, payload: Mapping[str, Any]) -> Row:
-        """RFC 8555 §7.3.2/§7.3.6: contact replaced, or status "deactivated"; `{}` changes nothing."""
+        """RFC 8555 §7.3.2/§7.3.6: contact replaced, or status "deactivated"; `{}` changes nothing. Deactivation
+        invalidates the account's pending, ready and processing orders and deactivates its pending authorizations
+        in the same transaction (the audit event counts them)."""
         changes: dict[str, Any] = {}
         if "contact" in payload:
             changes["contact"] = self._check_contact(payload["contact"])
@@ -549,9 +553,15 @@ class AcmeService:
             if locked is None or locked["status"] != A.VALID:
                 raise AcmeProblem("unauthorized", "the account is not valid", 401)
             await acme_repo.update_account(conn, account["id"], {**changes, "updated_at": now})
+            details = dict(changes)
+            if changes.get("status"):
+                # RFC 8555 §7.3.6: the account's pending work is cancelled with it, in this transaction.
+                orders, authzs = await acme_repo.cancel_account_work(conn, account["id"], now, {
+                    "type": A.ERROR_NS + "unauthorized", "detail": "the account was deactivated"})
+                details.update(orders_invalidated=orders, authorizations_deactivated=authzs)
             action = "acme_account_deactivated" if changes.get("status") else "acme_account_updated"
             await audit.record(conn, self.ctx.clock, self._actor(account["id"]), action, "acme_account",
-                               account["id"], {k: v for k, v in changes.items()})
+                               account["id"], details)
             row = await acme_repo.get_account(conn, account["id"])
         assert row is not None
         return row
@@ -1092,7 +1102,9 @@ class AcmeService:
     async def revoke(
         self, account: Row | None, key_spki: bytes | None, cert_der: bytes, reason_code: Any,
     ) -> None:
-        """RFC 8555 §7.6: by the account that ordered it (`kid`) or by the certificate's own key (`jwk`)."""
+        """RFC 8555 §7.6: by the account that ordered it (`kid`), by an account of the same ACME profile holding
+        valid, unexpired authorizations for every identifier in the certificate (`kid`; a wildcard name needs a
+        wildcard authorization of its base name), or by the certificate's own key (`jwk`)."""
         if reason_code is None:
             reason_code = 0
         if not isinstance(reason_code, int) or isinstance(reason_code, bool) or reason_code not in _REASONS:
@@ -1107,11 +1119,15 @@ class AcmeService:
             version = await acme_repo.version_by_fingerprint(conn, fingerprint)
             order = await acme_repo.order_of_version(conn, version["id"]) if version is not None else None
             managed = await acme_repo.get_certificate(conn, version["certificate_id"]) if version else None
+            controls = account is not None and order is not None and order["account_id"] != account["id"] \
+                and order["profile_id"] == account["profile_id"] \
+                and await self._controls_all(conn, account, _certificate_identifiers(cert))
         if version is None or managed is None:
             raise AcmeProblem("malformed", "this server did not issue that certificate", 404)
         if account is not None:
-            if order is None or order["account_id"] != account["id"]:
-                raise AcmeProblem("unauthorized", "the account did not order this certificate", 403)
+            if order is None or (order["account_id"] != account["id"] and not controls):
+                raise AcmeProblem("unauthorized", "the account neither ordered this certificate nor holds valid "
+                                  "authorizations for all of its identifiers", 403)
             actor = self._actor(account["id"])
         else:
             spki = cert.public_key().public_bytes(serialization.Encoding.DER,
@@ -1127,6 +1143,14 @@ class AcmeService:
             raise AcmeProblem("alreadyRevoked", "the certificate is already revoked") from None
         if self._on_certificates_changed is not None:
             self._on_certificates_changed()
+
+    async def _controls_all(self, conn: Any, account: Row, identifiers: set[tuple[str, str, bool]]) -> bool:
+        """Whether the account holds a valid, unexpired authorization for each (type, value, wildcard)."""
+        if not identifiers:
+            return False
+        held = await acme_repo.valid_authorizations(conn, account["id"], self.ctx.clock.now(),
+                                                    sorted({value for _, value, _ in identifiers}))
+        return identifiers <= held
 
     # ---- ARI ----------------------------------------------------------------------------------------
     async def _version_by_ari_id(self, cert_id: str) -> tuple[Row, Row | None]:
@@ -1219,6 +1243,26 @@ class AcmeService:
     @staticmethod
     def _actor(account_id: str) -> Actor:
         return Actor(f"acme:{account_id}")
+
+
+def _certificate_identifiers(cert: x509.Certificate) -> set[tuple[str, str, bool]]:
+    """The certificate's identifiers as authorizations name them: (type, value, wildcard), a wildcard DNS name
+    by its base name (RFC 8555 §7.1.3); DNS and IP subjectAltNames, and a common name that is none of them."""
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        sans = x509.SubjectAlternativeName([])
+    names = [str(n).lower().rstrip(".") for n in sans.get_values_for_type(x509.DNSName)]
+    found = {("ip", a.compressed, False) for a in sans.get_values_for_type(x509.IPAddress)}
+    for attribute in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME):
+        common = str(attribute.value).lower().rstrip(".")
+        try:
+            found.add(("ip", ipaddress.ip_address(common).compressed, False))
+        except ValueError:
+            names.append(common)
+    for name in names:
+        found.add(("dns", name[2:], True) if name.startswith("*.") else ("dns", name, False))
+    return found
 
 
 def _chains(pem_chain: str) -> list[str]:

@@ -183,6 +183,33 @@ async def lock_account(conn: AsyncConnection, account_id: str) -> Row | None:
     return await rows.get_row_for_update(conn, acme_accounts, account_id)
 
 
+async def cancel_account_work(conn: AsyncConnection, account_id: str, now: datetime, error: Any) -> tuple[int, int]:
+    """RFC 8555 §7.3.6, in the caller's transaction: the account's open (pending, ready, processing) orders become
+    invalid with `error`, its pending authorizations deactivated. Returns (orders, authorizations) changed.
+    Authorizations are reached through the account's orders (indexed by account; authorizations by order)."""
+    o, z = acme_orders.c, acme_authorizations.c
+    of_account = select(o.id).where(o.account_id == account_id).scalar_subquery()
+    authzs = await conn.execute(update(acme_authorizations).where(z.order_id.in_(of_account), z.status == "pending")
+                                .values(status="deactivated", updated_at=now))
+    orders = await conn.execute(update(acme_orders).where(o.account_id == account_id,
+                                                          o.status.in_(_OPEN_ORDER_STATUSES))
+                                .values(status="invalid", error=error, updated_at=now))
+    return int(orders.rowcount or 0), int(authzs.rowcount or 0)
+
+
+async def valid_authorizations(
+    conn: AsyncConnection, account_id: str, now: datetime, values: Sequence[str],
+) -> set[tuple[str, str, bool]]:
+    """The (identifier type, value, wildcard) of the account's valid, unexpired authorizations for these values
+    (reached through the account's orders, which are indexed by account)."""
+    o, z = acme_orders.c, acme_authorizations.c
+    stmt = select(z.identifier_type, z.identifier_value, z.wildcard).select_from(
+        acme_authorizations.join(acme_orders, o.id == z.order_id)).where(
+        o.account_id == account_id, z.account_id == account_id, z.status == "valid", z.expires_at > now,
+        z.identifier_value.in_(list(values)))
+    return {(r[0], r[1], bool(r[2])) for r in await conn.execute(stmt)}
+
+
 # ---- EAB keys ---------------------------------------------------------------------------------------
 async def insert_eab_key(conn: AsyncConnection, values: Mapping[str, Any]) -> None:
     await rows.insert_row(conn, acme_eab_keys, values)
