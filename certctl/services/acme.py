@@ -224,6 +224,7 @@ class AcmeService:
         self._last_gc = 0.0
         self._validator = validator
         self._issuing: tuple[float, Row, Any] | None = None
+        self._driver_pool: acme_repo.DriverPool | None = None
         # The shared rate limiter (an object with `async hit(key, limit, window_seconds)` answering a decision
         # with `allowed` and `retry_after`); None: no limits.
         self.limiter: Any = None
@@ -261,6 +262,8 @@ class AcmeService:
         for task in list(self._tasks.running):
             task.cancel()
         await asyncio.gather(*list(self._tasks.running), return_exceptions=True)
+        if self._driver_pool is not None:
+            await self._driver_pool.aclose()
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -305,9 +308,14 @@ class AcmeService:
         return b64e(body + hmac.new(self._nonce_key, body, hashlib.sha256).digest()[:16])
 
     def _single(self) -> Any:
-        """A connection for single statements: on PostgreSQL the store sends them to the driver outside any
-        transaction; elsewhere (SQLite) they run in autocommit."""
-        return self.ctx.db.read() if self.ctx.db.dialect == "postgresql" else self._read()
+        """A connection for single statements: on PostgreSQL one of the ACME server's own driver connections
+        (`acme_repo.DriverPool`: no SQLAlchemy pool checkout, no greenlet hop), each statement its own
+        transaction; elsewhere (SQLite) a SQLAlchemy connection in autocommit."""
+        if self.ctx.db.dialect != "postgresql":
+            return self._read()
+        if self._driver_pool is None:
+            self._driver_pool = acme_repo.DriverPool(self.ctx.db, self.settings.database_conns)
+        return self._driver_pool.connection()
 
     def _checked_nonce(self, nonce: str | None) -> tuple[str, datetime]:
         """The nonce's HMAC and expiry checked without the database: (nonce, expiry) or `badNonce`."""
@@ -803,6 +811,8 @@ class AcmeService:
         """RFC 8555 §7.5.1: a pending challenge goes to processing and is validated by a task of its own; the
         answer waits for that task up to `validation_wait`, so a prompt validation is seen by the client's
         first poll instead of after a Retry-After."""
+        if self.ctx.db.dialect == "postgresql":
+            return await self._respond_challenge_pg(account, challenge_id)
         challenge, authz = await self.challenge(account, challenge_id)
         if challenge["status"] != A.PENDING:
             return challenge, authz  # already processing or decided: the answer shows its state
@@ -813,18 +823,6 @@ class AcmeService:
         # challenge's response starts a validation and the claim below is atomic, so each challenge is
         # validated at most once, within any limit of one or more.
         now = self.ctx.clock.now()
-        if self.ctx.db.dialect == "postgresql":
-            async with self._single() as conn:
-                claimed = await acme_repo.claim_challenge(conn, challenge_id, now)
-            if claimed is None:  # another request claimed it first: answer with its state now
-                async with self._single() as conn:
-                    current, _ = await acme_repo.challenge_with_authz(conn, challenge_id)
-                assert current is not None
-                return current, authz
-            context = {"type": claimed["type"], "token": claimed["token"], "status": A.PROCESSING,
-                       "identifier_type": authz["identifier_type"], "identifier_value": authz["identifier_value"],
-                       "thumbprint": account["thumbprint"]}
-            return await self._start_validation(challenge_id, claimed, context), authz
         async with self.ctx.db.transaction() as conn:
             locked = await acme_repo.get_challenge(conn, challenge_id, for_update=True)
             assert locked is not None
@@ -838,6 +836,28 @@ class AcmeService:
         if started:
             return await self._start_validation(challenge_id, after, None), authz
         return after, authz
+
+    async def _respond_challenge_pg(self, account: Row, challenge_id: str) -> tuple[Row, Row]:
+        """respond_challenge on PostgreSQL: read, checks and claim in one statement (the claim is made only for
+        the owning account while the authorization is pending and unexpired; the checks below then explain a
+        refusal from the same snapshot)."""
+        now = self.ctx.clock.now()
+        async with self._single() as conn:
+            challenge, authz, claimed, authz_count = await acme_repo.respond_challenge(
+                conn, challenge_id, account["id"], now)
+        if challenge is None or authz is None:
+            raise AcmeProblem("malformed", "no such challenge", 404)
+        self._own(account, authz)
+        if claimed:
+            context = {"type": challenge["type"], "token": challenge["token"], "status": A.PROCESSING,
+                       "identifier_type": authz["identifier_type"], "identifier_value": authz["identifier_value"],
+                       "thumbprint": account["thumbprint"], "authz_id": authz["id"], "order_id": authz["order_id"],
+                       "account_id": account["id"], "single": authz_count == 1}
+            return await self._start_validation(challenge_id, challenge, context), authz
+        if challenge["status"] != A.PENDING:
+            return challenge, authz  # already processing or decided (another request claimed it first)
+        state = authz["status"] if authz["status"] != A.PENDING else "expired"
+        raise AcmeProblem("malformed", f"the authorization is {state}")
 
     async def _start_validation(self, challenge_id: str, claimed: Row, context: Row | None) -> Row:
         """The validation as a task of its own, waited for up to `validation_wait`: the challenge as recorded
@@ -867,15 +887,20 @@ class AcmeService:
         except Exception as exc:  # a validator bug must not leave the challenge processing forever
             log.exception("ACME challenge validation failed unexpectedly")
             valid, error_type, detail, record = False, "serverInternal", f"validation failed: {type(exc).__name__}", {}
-        return await self.record_validation(challenge_id, valid, error_type, detail, record)
+        return await self.record_validation(challenge_id, valid, error_type, detail, record,
+                                            ctx if ctx.get("single") else None)
 
     async def record_validation(
         self, challenge_id: str, valid: bool, error_type: str | None, detail: str, record: Mapping[str, Any],
+        single: Row | None = None,
     ) -> Row | None:
         """One transaction: challenge, its authorization, the order (ready when all valid, invalid on a failure).
-        Returns the challenge as recorded (None when it was no longer processing)."""
+        Returns the challenge as recorded (None when it was no longer processing). `single`: the challenge's
+        context when its order has one authorization (PostgreSQL then writes it all in one statement)."""
         now = self.ctx.clock.now()
         if self.ctx.db.dialect == "postgresql":
+            if single is not None:
+                return await self._record_single_pg(challenge_id, single, valid, error_type, detail, record, now)
             return await self._record_validation_pg(challenge_id, valid, error_type, detail, record, now)
         async with self.ctx.db.transaction() as conn:
             challenge = await acme_repo.get_challenge(conn, challenge_id, for_update=True)
@@ -885,11 +910,8 @@ class AcmeService:
             assert authz is not None
             order = await acme_repo.get_order(conn, authz["order_id"], for_update=True)
             assert order is not None
-            error = None if valid else {"type": A.ERROR_NS + (error_type or "unauthorized"), "detail": detail,
-                                        "status": 403 if error_type in (None, "unauthorized", "incorrectResponse")
-                                        else 400}
-            changes = {"status": A.VALID if valid else A.INVALID, "validated_at": now if valid else None,
-                       "error": error, "validation_record": [dict(record)] if record else None, "updated_at": now}
+            changes = self._outcome_changes(valid, error_type, detail, record, now)
+            error = changes["error"]
             await acme_repo.update_challenge(conn, challenge_id, changes)
             if authz["status"] == A.PENDING:
                 await acme_repo.update_authz(conn, authz["id"], {
@@ -912,16 +934,39 @@ class AcmeService:
                                 "error_type": error_type, "detail": detail, "order_id": order["id"]})
         return {**dict(challenge), **changes}
 
+    @staticmethod
+    def _outcome_changes(
+        valid: bool, error_type: str | None, detail: str, record: Mapping[str, Any], now: datetime,
+    ) -> dict[str, Any]:
+        error = None if valid else {"type": A.ERROR_NS + (error_type or "unauthorized"), "detail": detail,
+                                    "status": 403 if error_type in (None, "unauthorized", "incorrectResponse")
+                                    else 400}
+        return {"status": A.VALID if valid else A.INVALID, "validated_at": now if valid else None,
+                "error": error, "validation_record": [dict(record)] if record else None, "updated_at": now}
+
+    async def _record_single_pg(
+        self, challenge_id: str, ctx: Row, valid: bool, error_type: str | None, detail: str,
+        record: Mapping[str, Any], now: datetime,
+    ) -> Row | None:
+        """record_validation on PostgreSQL for an order of one authorization: one statement."""
+        changes = self._outcome_changes(valid, error_type, detail, record, now)
+        event = audit.build_event(
+            self._actor(ctx["account_id"]), "acme_challenge_validated", "acme_challenge", challenge_id,
+            {"type": ctx["type"], "identifier": ctx["identifier_value"], "valid": valid,
+             "error_type": error_type, "detail": detail, "order_id": ctx["order_id"]}, now)
+        async with self._single() as conn:
+            current, order_status = await acme_repo.record_single_outcome(
+                conn, challenge_id, ctx["authz_id"], ctx["order_id"], changes, event)
+        if order_status == A.INVALID:
+            metrics.acme_order("invalid")
+        return current
+
     async def _record_validation_pg(
         self, challenge_id: str, valid: bool, error_type: str | None, detail: str, record: Mapping[str, Any],
         now: datetime,
     ) -> Row | None:
         """record_validation on PostgreSQL: one transaction of two statements (lock, then every change)."""
-        error = None if valid else {"type": A.ERROR_NS + (error_type or "unauthorized"), "detail": detail,
-                                    "status": 403 if error_type in (None, "unauthorized", "incorrectResponse")
-                                    else 400}
-        changes = {"status": A.VALID if valid else A.INVALID, "validated_at": now if valid else None,
-                   "error": error, "validation_record": [dict(record)] if record else None, "updated_at": now}
+        changes = self._outcome_changes(valid, error_type, detail, record, now)
         async with self.ctx.db.read() as conn, acme_repo.driver_transaction(conn):
             locked = await acme_repo.lock_outcome(conn, challenge_id)
             if locked is None or locked["challenge_status"] != A.PROCESSING:

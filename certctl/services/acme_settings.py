@@ -50,6 +50,7 @@ class AcmeSettings:
     new_accounts_per_hour: int = 0  # per profile; 0 = no limit
     gc_interval: float = 60.0
     validation_wait: float = 2.0  # how long a challenge POST waits for its validation before answering
+    database_conns: int = 8  # PostgreSQL: the ACME server's own driver connections per process
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AcmeSettings:
@@ -84,4 +85,5 @@ class AcmeSettings:
             new_accounts_per_hour=limit("NEW_ACCOUNTS_PER_HOUR", 0),
             gc_interval=_seconds(env, "CERTCTL_ACME_SERVER_GC_INTERVAL", "1m", 1.0),
             validation_wait=_seconds(env, "CERTCTL_ACME_SERVER_VALIDATION_WAIT", "2s", 0.0),
+            database_conns=env_int_between(env, "CERTCTL_ACME_SERVER_DATABASE_CONNS", 8, 1, 1000),
         )

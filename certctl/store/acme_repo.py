@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -15,9 +18,15 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from certctl.domain.errors import ConflictError
+from certctl.domain.errors import ConflictError, UnavailableError
 from certctl.store import rows
-from certctl.store.database import describe_integrity_error, driver_call, driver_connection
+from certctl.store.database import (
+    STORAGE_FULL,
+    Database,
+    describe_integrity_error,
+    driver_call,
+    driver_connection,
+)
 from certctl.store.rows import Row, cached_statement
 from certctl.store.schema import (
     acme_accounts,
@@ -39,6 +48,125 @@ from certctl.store.schema import (
 
 Rec = Mapping[Any, Any]  # a row as a RowMapping or as a dict built from a driver record
 _OPEN_ORDER_STATUSES = ("pending", "ready", "processing")
+
+
+# ---- PostgreSQL: driver connections of the ACME server's own ---------------------------------------------
+Conn = Any  # an AsyncConnection, or (PostgreSQL) an asyncpg connection from DriverPool
+_UNAVAILABLE = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+                asyncpg.AdminShutdownError, OSError)
+_CONNECT_PARAMETERS = frozenset(inspect.signature(asyncpg.connect).parameters)
+
+
+class DriverPool:
+    """asyncpg connections for the ACME server's per-request statements (PostgreSQL), apart from SQLAlchemy's
+    pool: checking a connection out of SQLAlchemy's async pool and back (greenlet hops, pool events, the reset on
+    return) costs about 0.1 ms of CPU, more than most of these statements; here it is a list pop. At most `size`
+    connections, opened on first use and kept; the connection arguments and JSON codecs are the engine's (so rows
+    read here and through SQLAlchemy look the same). A connection whose use ended in an error that may leave it
+    busy or inside a transaction (a cancelled request, a lost server) is closed, not reused."""
+
+    def __init__(self, db: Database, size: int) -> None:
+        self._db = db
+        self._size = max(1, size)
+        self._idle: list[asyncpg.Connection] = []
+        self._open = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        raw = await self._acquire()
+        try:
+            yield raw
+        except BaseException as exc:
+            if not isinstance(exc, Exception) or isinstance(exc, _UNAVAILABLE) or raw.is_in_transaction():
+                raw.terminate()
+            raise
+        finally:
+            self._release(raw)
+
+    async def _acquire(self) -> asyncpg.Connection:
+        while True:
+            while self._idle:
+                raw = self._idle.pop()
+                if not raw.is_closed():
+                    return raw
+                self._open -= 1
+            if self._open < self._size:
+                self._open += 1
+                try:
+                    return await self._connect()
+                except BaseException:
+                    self._open -= 1
+                    self._wake()
+                    raise
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # woken and cancelled at once: pass the turn on
+                raise
+
+    def _release(self, raw: asyncpg.Connection) -> None:
+        if raw.is_closed():
+            self._open -= 1
+        else:
+            self._idle.append(raw)
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def _connect(self) -> asyncpg.Connection:
+        engine = self._db.engine
+        _, params = engine.dialect.create_connect_args(engine.url)
+        try:
+            raw = await asyncpg.connect(**{k: v for k, v in params.items() if k in _CONNECT_PARAMETERS})
+        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+            raise UnavailableError("the database is unavailable; retry shortly") from exc
+        # The engine's JSON handling (SQLAlchemy's asyncpg codecs with the engine's orjson deserializer).
+        await raw.set_type_codec("json", encoder=str.encode, decoder=orjson.loads, schema="pg_catalog",
+                                 format="binary")
+        await raw.set_type_codec("jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode, schema="pg_catalog",
+                                 format="binary")
+        return raw
+
+    async def aclose(self) -> None:
+        idle, self._idle = self._idle, []
+        for raw in idle:
+            self._open -= 1
+            await raw.close()
+
+
+def _jsonb_encode(text: str) -> bytes:
+    return b"\x01" + text.encode()
+
+
+def _jsonb_decode(data: bytes) -> Any:
+    return orjson.loads(data[1:])  # the leading byte is jsonb's binary format version
+
+
+def _is_pg(conn: Conn) -> bool:
+    return isinstance(conn, asyncpg.Connection) or conn.dialect.name == "postgresql"
+
+
+async def _driver(conn: Conn, method: str, sql: str, *args: Any) -> Any:
+    """`fetch`/`fetchrow`/`fetchval` of a statement on the driver connection (a DriverPool one, or the one under
+    a SQLAlchemy connection), with driver errors mapped as the store maps them elsewhere."""
+    if not isinstance(conn, asyncpg.Connection):
+        return await driver_call(conn, getattr(await driver_connection(conn), method)(sql, *args))
+    try:
+        return await getattr(conn, method)(sql, *args)
+    except asyncpg.DiskFullError:
+        raise UnavailableError(STORAGE_FULL) from None
+    except _UNAVAILABLE as exc:
+        conn.terminate()
+        raise UnavailableError("the database is unavailable; retry shortly") from exc
 
 
 # ---- PostgreSQL: the per-request statements straight to asyncpg ---------------------------------------
@@ -77,17 +205,16 @@ def _account_of(record: Any) -> dict[str, Any] | None:
 
 # ---- nonces -----------------------------------------------------------------------------------------
 async def spend_nonce(
-    conn: AsyncConnection, value: str, expires_at: datetime, account_id: str | None = None,
+    conn: Conn, value: str, expires_at: datetime, account_id: str | None = None,
 ) -> tuple[bool, Mapping[Any, Any] | None]:
     """Record a nonce as used: (False, ...) when it was used before, on any replica. With `account_id` the
     account row is read too: on PostgreSQL in the same statement (one round trip per ACME request)."""
-    dialect = conn.dialect.name
-    if dialect == "postgresql":
-        raw = await driver_connection(conn)
+    if _is_pg(conn):
         if account_id is None:
-            return bool(await driver_call(conn, raw.fetchval(_PG_SPEND, value, expires_at))), None
-        record = await driver_call(conn, raw.fetchrow(_PG_SPEND_ACCOUNT, value, expires_at, account_id))
+            return bool(await _driver(conn, "fetchval", _PG_SPEND, value, expires_at)), None
+        record = await _driver(conn, "fetchrow", _PG_SPEND_ACCOUNT, value, expires_at, account_id)
         return bool(record["_fresh"]), _account_of(record)
+    dialect = conn.dialect.name
     stmt = cached_statement(("acme_spend_nonce", dialect), lambda: sqlite_insert(acme_nonces)
                             .on_conflict_do_nothing(index_elements=["value"]))
     result = await conn.execute(stmt, {"value": value, "expires_at": expires_at})
@@ -97,13 +224,12 @@ async def spend_nonce(
 
 
 async def spend_nonce_for_key(
-    conn: AsyncConnection, value: str, expires_at: datetime, profile_id: str, thumbprint: str,
+    conn: Conn, value: str, expires_at: datetime, profile_id: str, thumbprint: str,
 ) -> tuple[bool, Mapping[Any, Any] | None]:
     """Spend a nonce and read the profile's account of a key thumbprint (newAccount): one statement on
     PostgreSQL."""
-    if conn.dialect.name == "postgresql":
-        raw = await driver_connection(conn)
-        record = await driver_call(conn, raw.fetchrow(_PG_SPEND_THUMBPRINT, value, expires_at, profile_id, thumbprint))
+    if _is_pg(conn):
+        record = await _driver(conn, "fetchrow", _PG_SPEND_THUMBPRINT, value, expires_at, profile_id, thumbprint)
         return bool(record["_fresh"]), _account_of(record)
     fresh, _ = await spend_nonce(conn, value, expires_at)
     return fresh, await account_by_thumbprint(conn, profile_id, thumbprint) if fresh else None
@@ -163,16 +289,15 @@ _PG_INSERT_ACCOUNT_AUDITED = (
 
 
 async def insert_account_audited(
-    conn: AsyncConnection, values: Mapping[str, Any], event: Mapping[str, Any],
+    conn: Conn, values: Mapping[str, Any], event: Mapping[str, Any],
 ) -> bool:
     """PostgreSQL: the account and its audit event in one statement (so one transaction); False, and nothing
     written, when the profile already has an account for this key (a concurrent newAccount won)."""
-    assert conn.dialect.name == "postgresql"
-    raw = await driver_connection(conn)
+    assert _is_pg(conn)
     # JSON columns go to the driver as text, as SQLAlchemy's serializer hands them over.
     args = [orjson.dumps(values[c]).decode() if c in ("jwk", "contact") else values[c] for c in _ACCOUNT_INSERT_COLUMNS]
     args += [orjson.dumps(event[c]).decode() if c == "details" else event[c] for c in _AUDIT_COLUMNS]
-    return bool(await driver_call(conn, raw.fetchval(_PG_INSERT_ACCOUNT_AUDITED, *args)))
+    return bool(await _driver(conn, "fetchval", _PG_INSERT_ACCOUNT_AUDITED, *args))
 
 
 async def update_account(conn: AsyncConnection, account_id: str, values: Mapping[str, Any]) -> None:
@@ -275,16 +400,15 @@ SELECT count(*) FROM o"""
 
 
 async def insert_order_audited(
-    conn: AsyncConnection, order: Mapping[str, Any], authzs: Sequence[Mapping[str, Any]],
+    conn: Conn, order: Mapping[str, Any], authzs: Sequence[Mapping[str, Any]],
     challenges: Sequence[Mapping[str, Any]], event: Mapping[str, Any], *, open_limit: int,
 ) -> bool:
     """PostgreSQL: an order (no `replaces`), its authorizations and challenges and its audit event in one
     statement, written only while the account has fewer than `open_limit` open orders (0: no limit); False,
     and nothing written, when it has that many. Authorizations share one status and expiry, challenges one
     status and validation time, as a new order's do."""
-    assert conn.dialect.name == "postgresql" and order["replaces_order_id"] is None
+    assert _is_pg(conn) and order["replaces_order_id"] is None
     assert len({a["status"] for a in authzs}) == 1 and len({c["status"] for c in challenges}) == 1
-    raw = await driver_connection(conn)
     args = [
         order["id"], order["account_id"], order["profile_id"], order["status"],
         orjson.dumps(order["identifiers"]).decode(), order["not_before"], order["not_after"], order["created_at"],
@@ -296,7 +420,7 @@ async def insert_order_audited(
         [c["token"] for c in challenges],
         *(orjson.dumps(event[c]).decode() if c == "details" else event[c] for c in _AUDIT_COLUMNS),
     ]
-    return bool(await driver_call(conn, raw.fetchval(_PG_INSERT_ORDER_AUDITED, *args)))
+    return bool(await _driver(conn, "fetchval", _PG_INSERT_ORDER_AUDITED, *args))
 
 
 async def get_order(conn: AsyncConnection, order_id: str, *, for_update: bool = False) -> Row | None:
@@ -317,11 +441,11 @@ async def authz_ids_of_order(conn: AsyncConnection, order_id: str) -> list[Row]:
 
 
 async def order_with_authzs(
-    conn: AsyncConnection, order_id: str,
+    conn: Conn, order_id: str,
 ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """An order and its authorizations' (id, status, expires_at) in one statement."""
-    if conn.dialect.name == "postgresql":
-        found = list(await driver_call(conn, (await driver_connection(conn)).fetch(_PG_ORDER_AUTHZS, order_id)))
+    if _is_pg(conn):
+        found = list(await _driver(conn, "fetch", _PG_ORDER_AUTHZS, order_id))
     else:
         found = await _order_authz_rows(conn, order_id)
     if not found:
@@ -343,12 +467,12 @@ async def _order_authz_rows(conn: AsyncConnection, order_id: str) -> list[Any]:
 
 
 async def authz_with_challenges(
-    conn: AsyncConnection, authz_id: str,
+    conn: Conn, authz_id: str,
 ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """An authorization and its challenges in one statement."""
     z, c = acme_authorizations.c, acme_challenges.c
-    if conn.dialect.name == "postgresql":
-        found = list(await driver_call(conn, (await driver_connection(conn)).fetch(_PG_AUTHZ_CHALLENGES, authz_id)))
+    if _is_pg(conn):
+        found = list(await _driver(conn, "fetch", _PG_AUTHZ_CHALLENGES, authz_id))
     else:
         stmt = cached_statement(("acme_authz_challs",), lambda: select(
             acme_authorizations, *(col.label(f"_c_{col.name}") for col in acme_challenges.c),
@@ -444,28 +568,93 @@ async def challenge_context(conn: AsyncConnection, challenge_id: str) -> Row | N
 
 _PG_CHALLENGE_AUTHZ = (f"SELECT {_columns('c', acme_challenges)}, {_columns('z', acme_authorizations, '_z_')} "
                        "FROM acme_challenges c JOIN acme_authorizations z ON z.id = c.authz_id WHERE c.id = $1")
-_PG_CLAIM_CHALLENGE = (f"UPDATE acme_challenges c SET status = 'processing', updated_at = $2 "
-                       f"WHERE c.id = $1 AND c.status = 'pending' RETURNING {_columns('c', acme_challenges)}")
 
 
-async def challenge_with_authz(conn: AsyncConnection, challenge_id: str) -> tuple[Rec | None, Rec | None]:
+async def challenge_with_authz(conn: Conn, challenge_id: str) -> tuple[Rec | None, Rec | None]:
     """A challenge and its authorization (one statement on PostgreSQL)."""
-    if conn.dialect.name != "postgresql":
+    if not _is_pg(conn):
         challenge = await get_challenge(conn, challenge_id)
         return challenge, await get_authz(conn, challenge["authz_id"]) if challenge is not None else None
-    record = await driver_call(conn, (await driver_connection(conn)).fetchrow(_PG_CHALLENGE_AUTHZ, challenge_id))
+    record = await _driver(conn, "fetchrow", _PG_CHALLENGE_AUTHZ, challenge_id)
     if record is None:
         return None, None
     return ({c.name: record[c.name] for c in acme_challenges.c},
             {c.name: record[f"_z_{c.name}"] for c in acme_authorizations.c})
 
 
-async def claim_challenge(conn: AsyncConnection, challenge_id: str, now: datetime) -> Rec | None:
-    """pending → processing in one statement; the updated challenge, or None when it was not pending (another
-    request claimed it first). PostgreSQL only (the caller's connection is outside a transaction)."""
-    assert conn.dialect.name == "postgresql"
-    record = await driver_call(conn, (await driver_connection(conn)).fetchrow(_PG_CLAIM_CHALLENGE, challenge_id, now))
-    return dict(record) if record is not None else None
+# A challenge response in one statement: the challenge with its authorization (and how many authorizations its
+# order has), and the claim pending → processing, made only for the owning account while the authorization is
+# pending and unexpired. The row values are the statement's snapshot, from before the claim.
+_PG_RESPOND_CHALLENGE = (
+    "WITH cl AS (UPDATE acme_challenges c SET status = 'processing', updated_at = $2 "
+    "FROM acme_authorizations z WHERE c.id = $1 AND c.status = 'pending' AND z.id = c.authz_id "
+    "AND z.account_id = $3 AND z.status = 'pending' AND z.expires_at > $2 RETURNING c.id) "
+    f"SELECT {_columns('c', acme_challenges)}, {_columns('z', acme_authorizations, '_z_')}, "
+    "(SELECT count(*) FROM cl) AS _claimed, "
+    "(SELECT count(*) FROM acme_authorizations n WHERE n.order_id = z.order_id) AS _authz_count "
+    "FROM acme_challenges c JOIN acme_authorizations z ON z.id = c.authz_id WHERE c.id = $1")
+
+
+async def respond_challenge(
+    conn: Conn, challenge_id: str, account_id: str, now: datetime,
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None, bool, int]:
+    """PostgreSQL, one statement: (challenge, authorization, claimed, authorizations in the order). When claimed
+    the challenge is returned as it now is (processing)."""
+    record = await _driver(conn, "fetchrow", _PG_RESPOND_CHALLENGE, challenge_id, now, account_id)
+    if record is None:
+        return None, None, False, 0
+    challenge = {c.name: record[c.name] for c in acme_challenges.c}
+    claimed = bool(record["_claimed"])
+    if claimed:
+        challenge.update(status="processing", updated_at=now)
+    return (challenge, {c.name: record[f"_z_{c.name}"] for c in acme_authorizations.c}, claimed,
+            int(record["_authz_count"]))
+
+
+# The outcome of a challenge whose order has one authorization, in one statement (its own transaction): no other
+# authorization can change the order's readiness, so no locks are needed first (see _PG_LOCK_OUTCOME for orders
+# with several). Row locks taken by the updates serialize it with a concurrent outcome of another challenge of
+# the same authorization (each update re-checks its `status = ...` condition on the newest row version).
+_PG_RECORD_SINGLE = f"""
+WITH ch AS (
+  UPDATE acme_challenges SET status = $2, validated_at = $3, error = $4::jsonb, validation_record = $5::jsonb,
+         updated_at = $6 WHERE id = $1 AND status = 'processing' RETURNING *),
+z AS (
+  UPDATE acme_authorizations SET status = $2, updated_at = $6
+  WHERE id = $7 AND status = 'pending' AND EXISTS (SELECT 1 FROM ch) RETURNING id),
+others AS (
+  UPDATE acme_challenges SET status = 'invalid', updated_at = $6
+  WHERE $2 = 'valid' AND authz_id = (SELECT id FROM z) AND id <> $1 AND status = 'pending'),
+o AS (
+  UPDATE acme_orders SET status = CASE WHEN $2 = 'valid' THEN 'ready' ELSE 'invalid' END,
+         error = CASE WHEN $2 = 'valid' THEN error ELSE $4::jsonb END, updated_at = $6
+  WHERE id = $8 AND status = 'pending' AND EXISTS (SELECT 1 FROM ch)
+    AND ($2 <> 'valid' OR NOT EXISTS (SELECT 1 FROM acme_authorizations
+                                      WHERE order_id = $8 AND id <> $7 AND status <> 'valid'))
+  RETURNING status),
+ev AS (
+  {_AUDIT_INSERT}
+  SELECT $9::text, $10::text, $11::text, $12::text, $13::text, $14::text, $15::jsonb, $16::timestamptz FROM ch)
+SELECT {", ".join(f'ch."{c.name}"' for c in acme_challenges.c)}, (SELECT status FROM o) AS _order_status FROM ch"""
+
+
+async def record_single_outcome(
+    conn: Conn, challenge_id: str, authz_id: str, order_id: str, changes: Mapping[str, Any],
+    event: Mapping[str, Any],
+) -> tuple[dict[str, Any] | None, str | None]:
+    """PostgreSQL, one statement, for a challenge whose order has exactly one authorization: the outcome as
+    `record_outcome` writes it, only while the challenge is processing. Returns (the challenge as recorded, the
+    order's new status or None), or (None, None) when the challenge was no longer processing."""
+    error = orjson.dumps(changes["error"]).decode() if changes["error"] is not None else None
+    record = orjson.dumps(changes["validation_record"]).decode() if changes["validation_record"] is not None \
+        else None
+    audit_args = [orjson.dumps(event[c]).decode() if c == "details" else event[c] for c in _AUDIT_COLUMNS]
+    found = await _driver(conn, "fetchrow", _PG_RECORD_SINGLE, challenge_id, changes["status"],
+                          changes["validated_at"], error, record, changes["updated_at"], authz_id, order_id,
+                          *audit_args)
+    if found is None:
+        return None, None
+    return {c.name: found[c.name] for c in acme_challenges.c}, found["_order_status"]
 
 
 # Recording a validation outcome: the challenge, its authorization and its order locked in one statement, then
@@ -641,16 +830,17 @@ async def version_by_fingerprint(conn: AsyncConnection, fingerprint: str) -> Row
     return (await conn.execute(stmt, {"f": fingerprint})).mappings().first()
 
 
-async def version_with_owner(conn: AsyncConnection, version_id: str) -> Mapping[Any, Any] | None:
+async def version_with_owner(conn: Conn, version_id: str) -> Mapping[Any, Any] | None:
     """A version's chain and CA with the account of the order that produced it (NULL: not an ACME order)."""
-    if conn.dialect.name == "postgresql":
-        record = await driver_call(conn, (await driver_connection(conn)).fetchrow(_PG_VERSION_OWNER, version_id))
+    if _is_pg(conn):
+        record = await _driver(conn, "fetchrow", _PG_VERSION_OWNER, version_id)
         return dict(record) if record is not None else None
     v, o = certificate_versions.c, acme_orders.c
     stmt = cached_statement(("acme_version_owner",), lambda: select(v.id, v.pem_chain, v.ca_id, o.account_id)
                             .select_from(certificate_versions.outerjoin(acme_orders, o.version_id == v.id))
                             .where(v.id == bindparam("v")).limit(1))
-    return (await conn.execute(stmt, {"v": version_id})).mappings().first()
+    found: Mapping[Any, Any] | None = (await conn.execute(stmt, {"v": version_id})).mappings().first()
+    return found
 
 
 async def versions_by_serial(conn: AsyncConnection, serial: str) -> list[Row]:
