@@ -13,7 +13,7 @@ import pytest
 
 from certctl.config import NamedKey
 from certctl.domain.actor import Actor
-from certctl.domain.errors import ForbiddenError
+from certctl.domain.errors import ConflictError, ForbiddenError
 from tests import factories
 from tests.conftest import TEST_KEYS, Api, _client
 from tests.scheduler_helpers import approvals_of, audit_rows, cert, clock_of, clocked_api, job, jobs_of
@@ -168,6 +168,35 @@ async def test_paging_through_many_candidates_with_skips(server_api: Api, monkey
     assert len(report.renewals) == 5 and report.errors == 0
     assert {(await cert(api, c["id"]))["status"] for c in certs} == {"RenewalInProgress"}
 
+
+
+async def test_a_renewal_failing_half_way_leaves_nothing_and_its_chunk_commits(
+    server_api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Renewals share a transaction (CHUNK of them), each in its own savepoint: one that fails after it wrote its
+    job and status is rolled back alone, is counted as an error, and the others of its chunk are stored."""
+    api = server_api
+    monkeypatch.setattr("certctl.services.renewal.CHUNK", 3)
+    seed = Seeder(api)
+    certs = [await seed.cert(1 + i) for i in range(5)]
+    doomed = certs[1]["id"]
+    actions = api.services.renewal.actions
+    real = actions._renew_in
+
+    async def failing_after_its_writes(conn: Any, actor: Actor, c: Any, *, force: bool) -> Any:
+        result = await real(conn, actor, c, force=force)
+        if c["id"] == doomed:
+            raise ConflictError("failed after the job was written")
+        return result
+
+    monkeypatch.setattr(actions, "_renew_in", failing_after_its_writes)
+    report = await api.services.renewal.scan()
+    assert report.errors == 1 and len(report.renewals) == 4
+    assert await jobs_of(api, doomed) == []
+    assert await audit_rows(api, "renewal_job_created", doomed) == []
+    assert (await cert(api, doomed))["status"] == "Expiring"  # inside the window, marked after the renewals
+    assert {(await cert(api, c["id"]))["status"] for c in certs if c["id"] != doomed} == {"RenewalInProgress"}
+    assert {len(await jobs_of(api, c["id"])) for c in certs if c["id"] != doomed} == {1}
 
 # ---- the approval gate --------------------------------------------------------------------------------------
 

@@ -6,13 +6,13 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, exists, select, update
+from sqlalchemy import and_, bindparam, delete, exists, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import aliased
 
-from certctl.store.rows import Row
+from certctl.store.rows import Row, cached_statement
 from certctl.store.schema import (
     acme_client_accounts,
     acme_renewal_info,
@@ -90,8 +90,10 @@ async def renewal_info_due_for_check(conn: AsyncConnection, *, now: datetime, st
 
 async def renew_at_of(conn: AsyncConnection, certificate_id: str) -> datetime | None:
     """When ARI says to renew the certificate (its newest version's row), if the CA gave a window."""
-    stmt = select(_r.renew_at).where(_r.certificate_id == certificate_id, _is_newest_version()).limit(1)
-    value: datetime | None = (await conn.execute(stmt)).scalar_one_or_none()
+    # Built once: the renewal scan asks this for every candidate, and aliasing a table costs more than the query.
+    stmt = cached_statement(("acme_renew_at_of",), lambda: select(_r.renew_at).where(
+        _r.certificate_id == bindparam("_certificate_id"), _is_newest_version()).limit(1))
+    value: datetime | None = (await conn.execute(stmt, {"_certificate_id": certificate_id})).scalar_one_or_none()
     return value
 
 
