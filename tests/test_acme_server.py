@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import orjson
 import pytest
@@ -581,6 +582,54 @@ async def test_revocation_by_account_and_by_certificate_key(acme: Acme) -> None:
     # ARI tells the holder of a revoked certificate to renew now.
     window = (await acme.api.anon.get(f"{client.directory['renewalInfo']}/{ari_cert_id(leaf)}")).json()
     assert datetime.fromisoformat(window["suggestedWindow"]["end"]) <= acme.clock.now() + timedelta(seconds=1)
+
+
+async def test_driver_pool_waits_reuses_and_drops_broken_connections(acme: Acme) -> None:
+    """PostgreSQL: the ACME server's own driver connections (acme_repo.DriverPool) are bounded, handed to waiters
+    in turn, decode JSON as the engine does, and a connection whose use was cancelled is closed, not reused.
+    SQLite has no such pool: single statements run on SQLAlchemy connections."""
+    service = acme.api.services.acme
+    if service.ctx.db.dialect != "postgresql":
+        async with service._single() as conn:
+            assert not isinstance(conn, asyncpg.Connection)
+        return
+    pool = acme_repo.DriverPool(service.ctx.db, 1)
+    seen: list[asyncpg.Connection] = []
+    release = asyncio.Event()
+
+    async def use(hold: bool) -> None:
+        async with pool.connection() as raw:
+            seen.append(raw)
+            if hold:
+                await release.wait()
+
+    try:
+        holder = asyncio.create_task(use(True))
+        await asyncio.sleep(0.05)
+        waiter = asyncio.create_task(use(False))
+        await asyncio.sleep(0.05)
+        assert len(seen) == 1 and not waiter.done()  # one connection at most: the second user waits for it
+        release.set()
+        await asyncio.wait_for(asyncio.gather(holder, waiter), 5)
+        assert seen[1] is seen[0]  # handed over, not a second connection
+        async with pool.connection() as raw:
+            assert await raw.fetchval("SELECT '{\"a\": [1, 2]}'::jsonb") == {"a": [1, 2]}
+            assert await raw.fetchval("SELECT $1::jsonb", orjson.dumps({"b": None}).decode()) == {"b": None}
+        stuck = asyncio.create_task(_use_slowly(pool))
+        await asyncio.sleep(0.1)
+        stuck.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stuck
+        assert seen[0].is_closed()  # cut short mid-statement: closed, never reused
+        async with pool.connection() as fresh:
+            assert fresh is not seen[0] and await fresh.fetchval("SELECT 1") == 1
+    finally:
+        await pool.aclose()
+
+
+async def _use_slowly(pool: acme_repo.DriverPool) -> None:
+    async with pool.connection() as raw:
+        await raw.fetchval("SELECT pg_sleep(5)")
 
 
 def test_ari_certificate_id_matches_rfc_9773() -> None:
