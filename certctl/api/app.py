@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from starlette.routing import Mount
 
 from certctl import __version__
+from certctl.api import heap
 from certctl.api.errors import install_error_handlers
 from certctl.api.hot_routes import HotRoutes, api_routes
 from certctl.api.middleware import (
@@ -100,8 +101,12 @@ ROUTERS = [
 ]
 
 
-def create_app(settings: Settings, *, clock: Clock | None = None, prepare: bool = True) -> FastAPI:
-    """The app. With `prepare=False` (server workers) the parent process has already run `first_boot`."""
+def create_app(
+    settings: Settings, *, clock: Clock | None = None, prepare: bool = True, server_process: bool = False,
+) -> FastAPI:
+    """The app. With `prepare=False` (server workers) the parent process has already run `first_boot`.
+    `server_process`: the app is the process's only one, so its garbage collector is tuned once it has started
+    (certctl.api.heap)."""
     keys = KeyStore()
     for named in settings.api_keys:
         keys.add_key(named.key, named.name, named.admin)
@@ -137,6 +142,8 @@ def create_app(settings: Settings, *, clock: Clock | None = None, prepare: bool 
         if settings.pki_http_port:
             pki_http = PkiHttpListener(app, settings.pki_http_host or settings.host, settings.pki_http_port)
             await pki_http.start()
+        if server_process:
+            heap.settle_after_startup()
         try:
             yield
         finally:

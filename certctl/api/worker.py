@@ -17,4 +17,4 @@ def worker_app() -> FastAPI:
     """Each worker reads the settings the supervisor exported to the environment."""
     settings = Settings.from_env()
     configure_logging(settings.log_level, settings.log_format)
-    return create_app(settings, prepare=False)
+    return create_app(settings, prepare=False, server_process=True)

@@ -118,7 +118,7 @@ def server(
         from certctl.api.app import create_app
 
     config = uvicorn.Config(
-        "certctl.api.worker:worker_app" if multi else create_app(settings, prepare=False),
+        "certctl.api.worker:worker_app" if multi else create_app(settings, prepare=False, server_process=True),
         factory=multi,
         workers=settings.workers,
         host=settings.host,
