@@ -536,6 +536,30 @@ async def test_challenge_mode_validates_off_the_request_path(acme: Acme) -> None
     assert (await client.post(third["finalize"].removesuffix("/finalize"), None)).json()["status"] == "invalid"
 
 
+async def test_concurrent_responses_validate_a_challenge_once(acme: Acme) -> None:
+    """Responses to one challenge sent at once: one claims it and starts the validation, every answer is a 200
+    with the challenge's state; a challenge made needless by another one's success is answered as it is."""
+    client = await acme.account(directory=CHALLENGE_DIRECTORY)
+    order = (await client.order("once.example.com")).json()
+    authz = (await client.post(order["authorizations"][0], None)).json()
+    http01 = next(c for c in authz["challenges"] if c["type"] == "http-01")
+    others = [c for c in authz["challenges"] if c["type"] != "http-01"]
+    twins = [client]
+    for _ in range(3):  # the same account's key, its own nonces
+        twin = AcmeClient(client.http, client.directory_url, key=client.key, kid=client.kid,
+                          directory=client.directory)
+        twins.append(twin)
+    answers = await asyncio.gather(*(t.post(http01["url"], {}) for t in twins))
+    assert all(a.status_code == 200 for a in answers), [a.text for a in answers]
+    assert {a.json()["status"] for a in answers} <= {"processing", "valid"}
+    await acme.api.services.acme.settle()
+    assert [c[0] for c in acme.validator.calls] == ["http-01"]
+    # The authorization is valid now: its other challenges were set invalid, and a response shows just that.
+    other = await client.post(others[0]["url"], {})
+    assert other.status_code == 200 and other.json()["status"] == "invalid"
+    assert [c[0] for c in acme.validator.calls] == ["http-01"]
+
+
 async def test_rate_limits_answer_with_retry_after(acme: Acme) -> None:
     client = await acme.account()
     for name in ("one", "two", "three"):

@@ -855,7 +855,13 @@ class AcmeService:
                        "account_id": account["id"], "single": authz_count == 1}
             return await self._start_validation(challenge_id, challenge, context), authz
         if challenge["status"] != A.PENDING:
-            return challenge, authz  # already processing or decided (another request claimed it first)
+            return challenge, authz  # already processing or decided: the answer shows its state
+        if authz["status"] == A.PENDING and authz["expires_at"] > now:
+            # Claimed by a concurrent response after this statement's snapshot: answer with its state now.
+            async with self._single() as conn:
+                current, _ = await acme_repo.challenge_with_authz(conn, challenge_id)
+            assert current is not None
+            return current, authz
         state = authz["status"] if authz["status"] != A.PENDING else "expired"
         raise AcmeProblem("malformed", f"the authorization is {state}")
 
