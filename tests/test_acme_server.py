@@ -536,6 +536,28 @@ async def test_challenge_mode_validates_off_the_request_path(acme: Acme) -> None
     assert (await client.post(third["finalize"].removesuffix("/finalize"), None)).json()["status"] == "invalid"
 
 
+async def test_reads_with_a_bad_signature_show_nothing(acme: Acme) -> None:
+    """A POST-as-GET's resource is read with its nonce spend (PostgreSQL); a request whose signature does not
+    verify gets the error and none of the resource, and its nonce is spent."""
+    client = await acme.account()
+    pem, order = await client.issue("sig.example.com")
+    order_url = order["finalize"].removesuffix("/finalize")
+    forger = new_key("ES256")
+    for url in (order_url, order["authorizations"][0], order["certificate"]):
+        nonce = await client.nonce()
+        body = jws(forger, {"alg": "ES256", "nonce": nonce, "url": url, "kid": client.kid}, b"")
+        refused = await client.http.post(url, content=orjson.dumps(body), headers=JOSE)
+        assert "does not verify" in problem(refused, "malformed", 400)["detail"]
+        assert b"sig.example.com" not in refused.content and b"BEGIN CERTIFICATE" not in refused.content
+        replay = jws(client.key, {"alg": "ES256", "nonce": nonce, "url": url, "kid": client.kid}, b"")
+        problem(await client.http.post(url, content=orjson.dumps(replay), headers=JOSE), "badNonce", 400)
+    # Signed by the account, the same reads answer (and a missing one is a 404).
+    assert (await client.post(order_url, None)).json()["status"] == "valid"
+    assert "BEGIN CERTIFICATE" in (await client.post(order["certificate"], None)).text
+    problem(await client.post(order["certificate"] + "x", None), "malformed", 404)
+    problem(await client.post(order_url + "x", None), "malformed", 404)
+
+
 async def test_concurrent_responses_validate_a_challenge_once(acme: Acme) -> None:
     """Responses to one challenge sent at once: one claims it and starts the validation, every answer is a 200
     with the challenge's state; a challenge made needless by another one's success is answered as it is."""

@@ -346,6 +346,23 @@ class AcmeService:
         self.maybe_gc()
         return account
 
+    async def spend_nonce_prefetch(
+        self, nonce: str | None, account_id: str, kind: str, resource_id: str,
+    ) -> tuple[Row | None, Any]:
+        """spend_nonce for a read-only request (POST-as-GET of an `order`, `authz` or `cert`); on PostgreSQL the
+        resource comes back from the same round trip, to hand to the service step once the signature verified
+        (None elsewhere: the step reads it)."""
+        if self.ctx.db.dialect != "postgresql":
+            return await self.spend_nonce(nonce, account_id), None
+        value, expires = self._checked_nonce(nonce)
+        async with self._single() as conn:
+            fresh, account, resource = await acme_repo.spend_nonce_prefetch(
+                conn, value, expires, account_id, kind, resource_id)
+        if not fresh:
+            raise AcmeProblem("badNonce", "the JWS nonce is unknown, expired or already used")
+        self.maybe_gc()
+        return account, resource
+
     async def spend_nonce_for_key(self, nonce: str | None, profile_id: str, thumbprint: str) -> Row | None:
         """newAccount: the nonce spent and the profile's account of this key read in one round trip."""
         value, expires = self._checked_nonce(nonce)
@@ -750,9 +767,12 @@ class AcmeService:
             raise AcmeProblem("malformed", "the order shares no identifier with the certificate it replaces")
         return order
 
-    async def order(self, account: Row, order_id: str) -> OrderView:
-        async with self._single() as conn:
-            order, authzs = await acme_repo.order_with_authzs(conn, order_id)
+    async def order(self, account: Row, order_id: str, found: Any = None) -> OrderView:
+        """`found`: the order and its authorizations as read with the nonce (spend_nonce_prefetch)."""
+        if found is None:
+            async with self._single() as conn:
+                found = await acme_repo.order_with_authzs(conn, order_id)
+        order, authzs = found
         if order is None:
             raise AcmeProblem("malformed", "no such order", 404)
         self._own(account, order)
@@ -770,9 +790,12 @@ class AcmeService:
             raise AcmeProblem("unauthorized", "this resource belongs to another account", 403)
 
     # ---- authorizations and challenges --------------------------------------------------------------
-    async def authorization(self, account: Row, authz_id: str) -> AuthzView:
-        async with self._single() as conn:
-            authz, challenges = await acme_repo.authz_with_challenges(conn, authz_id)
+    async def authorization(self, account: Row, authz_id: str, found: Any = None) -> AuthzView:
+        """`found`: the authorization and its challenges as read with the nonce (spend_nonce_prefetch)."""
+        if found is None:
+            async with self._single() as conn:
+                found = await acme_repo.authz_with_challenges(conn, authz_id)
+        authz, challenges = found
         if authz is None:
             raise AcmeProblem("malformed", "no such authorization", 404)
         self._own(account, authz)
@@ -1137,11 +1160,16 @@ class AcmeService:
         return changes
 
     # ---- certificates -------------------------------------------------------------------------------
-    async def certificate_chain(self, account: Row, version_id: str, alternate: int = 0) -> IssuedChain:
+    async def certificate_chain(
+        self, account: Row, version_id: str, alternate: int = 0, found: Any = None,
+    ) -> IssuedChain:
         """RFC 8555 §7.4.2: the leaf and its chain; only the account that ordered it may download it.
-        Alternate 1 (when it differs) leaves the self-signed root out."""
-        async with self._single() as conn:
-            version = await acme_repo.version_with_owner(conn, version_id)
+        Alternate 1 (when it differs) leaves the self-signed root out. `found`: the version as read with the
+        nonce (spend_nonce_prefetch); False when that read found none."""
+        if found is None:
+            async with self._single() as conn:
+                found = await acme_repo.version_with_owner(conn, version_id)
+        version = found or None
         if version is None or version["account_id"] is None:
             raise AcmeProblem("malformed", "no such certificate", 404)
         self._own(account, version)

@@ -235,6 +235,39 @@ async def spend_nonce_for_key(
     return fresh, await account_by_thumbprint(conn, profile_id, thumbprint) if fresh else None
 
 
+# A read-only request's resource read with its nonce spend and account (PostgreSQL): one round trip instead of
+# two. The rows are used only once the caller has verified the request's signature.
+_PREFETCH_READS = {
+    "order": (_PG_ORDER_AUTHZS.replace("$1", "$4").replace(" ORDER BY z.id", ""), "_authz_id"),
+    "authz": (_PG_AUTHZ_CHALLENGES.replace("$1", "$4").replace(" ORDER BY c.id", ""), "_c_id"),
+    "cert": (_PG_VERSION_OWNER.replace("$1", "$4"), "id"),
+}
+_PG_SPEND_PREFETCH = {
+    kind: (_SPENT + "SELECT (SELECT count(*) FROM spent) AS _fresh, "
+           + ", ".join(f'a."{c}" AS "_a_{c}"' for c in _ACCOUNT_COLUMNS)
+           + f", r.* FROM (SELECT 1) AS one LEFT JOIN acme_accounts a ON a.id = $3 "
+           f"LEFT JOIN LATERAL ({inner}) AS r ON true ORDER BY r.{order_by}")
+    for kind, (inner, order_by) in _PREFETCH_READS.items()}
+
+
+async def spend_nonce_prefetch(
+    conn: Conn, value: str, expires_at: datetime, account_id: str, kind: str, resource_id: str,
+) -> tuple[bool, dict[str, Any] | None, Any]:
+    """PostgreSQL, one statement: the nonce spent, the account read and the resource of `kind` read (as
+    `order_with_authzs`, `authz_with_challenges` or `version_with_owner` return it; a missing version as False)."""
+    found = list(await _driver(conn, "fetch", _PG_SPEND_PREFETCH[kind], value, expires_at, account_id, resource_id))
+    first = found[0]
+    account = {c: first[f"_a_{c}"] for c in _ACCOUNT_COLUMNS} if first["_a_id"] is not None else None
+    rows = [r for r in found if r["id"] is not None]
+    if kind == "order":
+        resource: Any = _order_of_rows(rows)
+    elif kind == "authz":
+        resource = _authz_of_rows(rows)
+    else:
+        resource = {k: rows[0][k] for k in ("id", "pem_chain", "ca_id", "account_id")} if rows else False
+    return bool(first["_fresh"]), account, resource
+
+
 async def delete_expired_nonces(conn: AsyncConnection, now: datetime) -> int:
     result = await conn.execute(delete(acme_nonces).where(acme_nonces.c.expires_at <= now))
     return int(result.rowcount or 0)
@@ -448,6 +481,10 @@ async def order_with_authzs(
         found = list(await _driver(conn, "fetch", _PG_ORDER_AUTHZS, order_id))
     else:
         found = await _order_authz_rows(conn, order_id)
+    return _order_of_rows(found)
+
+
+def _order_of_rows(found: Sequence[Any]) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     if not found:
         return None, []
     order = {c.name: found[0][c.name] for c in acme_orders.c}
@@ -479,6 +516,10 @@ async def authz_with_challenges(
         ).select_from(acme_authorizations.outerjoin(acme_challenges, c.authz_id == z.id))
             .where(z.id == bindparam("z")).order_by(c.id))
         found = list((await conn.execute(stmt, {"z": authz_id})).mappings().all())
+    return _authz_of_rows(found)
+
+
+def _authz_of_rows(found: Sequence[Any]) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     if not found:
         return None, []
     authz = {col.name: found[0][col.name] for col in acme_authorizations.c}

@@ -75,18 +75,23 @@ def _problem(problem: AcmeProblem) -> Response:
 class Signed:
     """An authenticated request: the JWS, the account (for `kid`) and the key that signed it."""
 
-    def __init__(self, jws: J.Jws, account: Row | None, key: J.AccountKey) -> None:
+    def __init__(self, jws: J.Jws, account: Row | None, key: J.AccountKey, prefetched: Any = None) -> None:
         self.jws = jws
         self.account = account
         self.key = key
+        self.prefetched = prefetched  # the resource read with the nonce (`prefetch`), for the service step
 
     def require_account(self) -> Row:
         assert self.account is not None
         return self.account
 
 
-async def _signed(request: Request, service: AcmeService, urls: Urls, *, use: str) -> Signed:
-    """RFC 8555 §6.2-6.5. `use`: "kid" (most resources), "jwk" (newAccount), "either" (revokeCert)."""
+async def _signed(
+    request: Request, service: AcmeService, urls: Urls, *, use: str, prefetch: tuple[str, str] | None = None,
+) -> Signed:
+    """RFC 8555 §6.2-6.5. `use`: "kid" (most resources), "jwk" (newAccount), "either" (revokeCert).
+    `prefetch`: (kind, id) of the resource a POST-as-GET reads, read with the nonce spend (one round trip);
+    handed on only once the signature verified."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != JOSE:
         raise AcmeProblem("malformed", f"the Content-Type must be {JOSE}", 415)
@@ -103,6 +108,7 @@ async def _signed(request: Request, service: AcmeService, urls: Urls, *, use: st
     if jws.url != own_url:
         raise AcmeProblem("unauthorized", f"the JWS url '{jws.url}' is not the request URL '{own_url}'", 401)
     account: Row | None = None
+    prefetched: Any = None
     if jws.kid is not None:
         if use == "jwk":
             await service.spend_nonce(jws.nonce)
@@ -112,7 +118,10 @@ async def _signed(request: Request, service: AcmeService, urls: Urls, *, use: st
         except AcmeProblem:
             await service.spend_nonce(jws.nonce)
             raise
-        row = await service.spend_nonce(jws.nonce, account_id)  # nonce first, then the account
+        if prefetch is not None and jws.post_as_get:
+            row, prefetched = await service.spend_nonce_prefetch(jws.nonce, account_id, *prefetch)
+        else:
+            row = await service.spend_nonce(jws.nonce, account_id)  # nonce first, then the account
         account = await service.account(urls.profile_id, account_id, row, loaded=True)
         key = J.account_key(account["jwk"])
     else:
@@ -130,7 +139,7 @@ async def _signed(request: Request, service: AcmeService, urls: Urls, *, use: st
         else:
             await service.spend_nonce(jws.nonce)
     J.verify(jws, key)
-    return Signed(jws, account, key)
+    return Signed(jws, account, key, prefetched)
 
 
 def _post_as_get(signed: Signed) -> None:
@@ -303,9 +312,10 @@ async def new_order(request: Request, service: AcmeService) -> Response:
 
 async def order(request: Request, service: AcmeService) -> Response:
     urls = Urls(request, service, (await service.profile(request.path_params["profile_id"])).id)
-    signed = await _signed(request, service, urls, use="kid")
+    order_id = request.path_params["order_id"]
+    signed = await _signed(request, service, urls, use="kid", prefetch=("order", order_id))
     _post_as_get(signed)
-    view = await service.order(signed.require_account(), request.path_params["order_id"])
+    view = await service.order(signed.require_account(), order_id, signed.prefetched)
     headers = {"Location": urls.of("order", view.order["id"])}
     if view.status in ("pending", "processing"):
         headers["Retry-After"] = "1"
@@ -329,15 +339,15 @@ async def finalize(request: Request, service: AcmeService) -> Response:
 
 async def authorization(request: Request, service: AcmeService) -> Response:
     urls = Urls(request, service, (await service.profile(request.path_params["profile_id"])).id)
-    signed = await _signed(request, service, urls, use="kid")
-    payload = signed.jws.json_payload()
     authz_id = request.path_params["authz_id"]
+    signed = await _signed(request, service, urls, use="kid", prefetch=("authz", authz_id))
+    payload = signed.jws.json_payload()
     if payload.get("status") == "deactivated":
         view = await service.deactivate_authorization(signed.require_account(), authz_id)
     elif payload:
         raise AcmeProblem("malformed", "an authorization accepts POST-as-GET or {\"status\": \"deactivated\"}")
     else:
-        view = await service.authorization(signed.require_account(), authz_id)
+        view = await service.authorization(signed.require_account(), authz_id, signed.prefetched)
     headers = {"Retry-After": "1"} if view.authz["status"] == "pending" else None
     return _json(_authz_json(view, urls), headers=headers)
 
@@ -360,13 +370,14 @@ async def challenge(request: Request, service: AcmeService) -> Response:
 
 async def certificate(request: Request, service: AcmeService) -> Response:
     urls = Urls(request, service, (await service.profile(request.path_params["profile_id"])).id)
-    signed = await _signed(request, service, urls, use="kid")
-    _post_as_get(signed)
     version_id = request.path_params["cert_id"]
+    signed = await _signed(request, service, urls, use="kid", prefetch=("cert", version_id))
+    _post_as_get(signed)
     raw_alternate = request.path_params.get("alternate", "0")
     if not raw_alternate.isdigit():
         raise AcmeProblem("malformed", "no such alternate chain", 404)
-    chain = await service.certificate_chain(signed.require_account(), version_id, int(raw_alternate))
+    chain = await service.certificate_chain(signed.require_account(), version_id, int(raw_alternate),
+                                            signed.prefetched)
     links = []
     if chain.ca_id:
         links.append(f'<{urls.base}/.well-known/pki/ca/{chain.ca_id}>;rel="up"')
