@@ -540,7 +540,7 @@ async def test_reads_with_a_bad_signature_show_nothing(acme: Acme) -> None:
     """A POST-as-GET's resource is read with its nonce spend (PostgreSQL); a request whose signature does not
     verify gets the error and none of the resource, and its nonce is spent."""
     client = await acme.account()
-    pem, order = await client.issue("sig.example.com")
+    _pem, order = await client.issue("sig.example.com")
     order_url = order["finalize"].removesuffix("/finalize")
     forger = new_key("ES256")
     for url in (order_url, order["authorizations"][0], order["certificate"]):
