@@ -1,7 +1,8 @@
 """The real `certctl server` process, started as the README's first command starts it, checked with curl and openssl.
 
 SQLite in one process (first start, TLS, SIGHUP certificate reload, restart, SIGTERM), and PostgreSQL
-through CERTCTL_DATABASE_URL with `--workers 2`.
+through CERTCTL_DATABASE_URL with `--workers 2` (its supervisor: SIGHUP replacement, a dead worker replaced, no
+worker left behind by a killed supervisor).
 """
 
 from __future__ import annotations
@@ -309,3 +310,82 @@ def migrate_scripts() -> ScriptDirectory:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     return ScriptDirectory.from_config(cfg)
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout
+    return sorted(int(p) for p in out.split())
+
+
+def _workers_of(pid: int, count: int, *, within: float = 60.0) -> list[int]:
+    """The supervisor's worker processes once there are `count` of them."""
+    deadline = time.monotonic() + within
+    while True:
+        children = _children(pid)
+        if len(children) == count or time.monotonic() > deadline:
+            return children
+        time.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent to reap it counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_the_worker_supervisor(tmp_path: Path, pg_database: str) -> None:
+    """`--workers 2` (certctl.api.supervisor): a lean supervisor with no resource-tracker process; SIGHUP replaces
+    the workers one at a time while every request is answered; a killed worker is replaced; a supervisor killed
+    with SIGKILL takes its workers down (PR_SET_PDEATHSIG)."""
+    server = Server(tmp_path / "data", _env(CERTCTL_DATABASE_URL=pg_database, CERTCTL_LOG_LEVEL="info"),
+                    args=["--workers", "2"])
+    try:
+        key = printed_key(server.start())
+        assert server.proc is not None
+        supervisor = server.proc.pid
+        first = _workers_of(supervisor, 2)
+        assert len(first) == 2, "two workers and nothing else (no multiprocessing resource tracker)"
+        maps = Path(f"/proc/{supervisor}/maps").read_text()
+        assert "pydantic_core" not in maps and "sqlalchemy" not in maps, "the supervisor loads no application"
+        rss_kb = int(Path(f"/proc/{supervisor}/status").read_text().split("VmRSS:")[1].split()[0])
+        assert rss_kb < 30_000, f"supervisor RSS {rss_kb} kB"
+
+        # SIGHUP: requests keep being answered while both workers are replaced.
+        os.kill(supervisor, signal.SIGHUP)
+        statuses = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            statuses.append(server.status_and_json("/api/v1/auth/check", key=key)[0])
+            now = _children(supervisor)
+            if len(now) == 2 and not set(now) & set(first):
+                break
+        replaced = _children(supervisor)
+        assert len(replaced) == 2 and not set(replaced) & set(first), (first, replaced)
+        assert statuses and set(statuses) == {200}, statuses
+        assert not any(_alive(pid) for pid in first), "the old workers stopped"
+
+        # A worker that dies is replaced.
+        os.kill(replaced[0], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            now = _children(supervisor)
+            if len(now) == 2 and replaced[0] not in now:
+                break
+            time.sleep(0.2)
+        assert len(now) == 2 and replaced[0] not in now, now
+        status, _ = server.status_and_json("/api/v1/auth/check", key=key)
+        assert status == 200
+
+        # The supervisor killed outright: its workers go too.
+        workers = _children(supervisor)
+        os.kill(supervisor, signal.SIGKILL)
+        server.proc.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in workers), "no worker serves on without its supervisor"
+    finally:
+        server.kill()

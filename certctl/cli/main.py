@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import os
 import signal
-import ssl
-from collections.abc import Callable
+import subprocess
+import sys
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -29,9 +28,6 @@ app.add_typer(backup_app, name="backup")
 
 log = logging.getLogger("certctl.server")
 
-# TLS 1.3 only, like the reference: no TLS 1.2 cipher negotiation to get wrong.
-TLS_MINIMUM = ssl.TLSVersion.TLSv1_3
-
 
 def _settings(**overrides: object) -> Settings:
     try:
@@ -39,34 +35,6 @@ def _settings(**overrides: object) -> Settings:
     except SettingsError as exc:
         typer.echo(f"certctl: configuration error: {exc}", err=True)
         raise typer.Exit(2) from None
-
-
-def tls_context(config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
-    """uvicorn's `ssl_context_factory`: a server context with TLS 1.3 as the floor.
-
-    Module-level so it pickles into `--workers` child processes, each of which builds its own.
-    """
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = TLS_MINIMUM
-    ctx.options |= ssl.OP_NO_COMPRESSION
-    assert config.ssl_certfile is not None
-    ctx.load_cert_chain(str(config.ssl_certfile), str(config.ssl_keyfile) if config.ssl_keyfile else None)
-    return ctx
-
-
-def reload_certificate(ctx: ssl.SSLContext, cert: Path, key: Path) -> bool:
-    """Load a new certificate into the live context; new connections use it, open ones keep theirs.
-
-    The files are first tried in a scratch context so a broken pair never replaces a working one.
-    """
-    try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(str(cert), str(key))
-        ctx.load_cert_chain(str(cert), str(key))
-    except (OSError, ssl.SSLError) as exc:
-        log.error("TLS certificate reload failed; keeping the current one", extra={"error": str(exc)})
-        return False
-    log.info("TLS certificate reloaded", extra={"cert": str(cert)})
-    return True
 
 
 def _export(settings: Settings) -> None:
@@ -97,47 +65,24 @@ def server(
     # Settings first: a bad value is reported before the slow imports below.
     settings = _settings(host=host, port=port, data_dir=data_dir, workers=workers, demo_seed=demo or None)
 
-    import uvicorn
-
     from certctl.logs import configure_logging
-    from certctl.pki.selfsigned import server_certificate_paths
 
     configure_logging(settings.log_level, settings.log_format)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if settings.tls_cert_path and settings.tls_key_path:
-        cert, key = settings.tls_cert_path, settings.tls_key_path
-    else:
-        cert, key = server_certificate_paths(settings.data_dir)  # made by first boot (_prepare) when missing
     _export(settings)
     multi = settings.workers > 1
     # Migrations, seeds and the admin key happen once, before any worker exists. With several
     # workers that is a short-lived child, so the supervisor never loads the application (memory).
     if (_prepare_in_child(settings) if multi else _prepare(settings)) != 0:
         raise typer.Exit(1)
-    if not multi:
-        from certctl.api.app import create_app
-
-    config = uvicorn.Config(
-        "certctl.api.worker:worker_app" if multi else create_app(settings, prepare=False, server_process=True),
-        factory=multi,
-        workers=settings.workers,
-        host=settings.host,
-        port=settings.port,
-        ssl_certfile=str(cert),
-        ssl_keyfile=str(key),
-        ssl_context_factory=tls_context,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=int(settings.audit_flush_timeout_seconds),
-        loop="uvloop",
-        http="httptools",
-    )
     if multi:
-        _serve_workers_with_metrics(config, settings)
-    else:
-        typer.echo(f"certctl {__version__} listening on https://{settings.host}:{settings.port}", err=True)
-        _serve_single(config, cert, key)
+        _exec_supervisor(settings)
+    from certctl.api.app import create_app
+    from certctl.api.serving import certificate_paths, server_config
+
+    config = server_config(settings, create_app(settings, prepare=False, server_process=True))
+    typer.echo(f"certctl {__version__} listening on https://{settings.host}:{settings.port}", err=True)
+    _serve_single(config, *certificate_paths(settings))
 
 
 def _prepare(settings: Settings) -> int:
@@ -158,19 +103,21 @@ def _prepare(settings: Settings) -> int:
     return 0
 
 
-def _prepare_entry(settings: Settings) -> None:
-    raise SystemExit(_prepare(settings))
+def prepare_from_env() -> int:
+    """First boot in a child process: the settings the parent exported to the environment (`_export`)."""
+    return _prepare(Settings.from_env())
 
 
 def _prepare_in_child(settings: Settings) -> int:
-    child = multiprocessing.get_context("spawn").Process(target=_prepare_entry, args=(settings,), name="first-boot")
-    child.start()
-    child.join()
-    return child.exitcode or 0
+    # A plain child process (not multiprocessing's, which would leave a resource-tracker process behind).
+    code = "import sys; from certctl.cli.main import prepare_from_env; sys.exit(prepare_from_env())"
+    return subprocess.run([sys.executable, "-c", code], check=False).returncode  # noqa: S603 - our own module
 
 
 def _serve_single(config: uvicorn.Config, cert: Path, key: Path) -> None:
     import uvicorn
+
+    from certctl.api.serving import reload_certificate
 
     server = uvicorn.Server(config)
 
@@ -191,29 +138,30 @@ def _serve_single(config: uvicorn.Config, cert: Path, key: Path) -> None:
         raise typer.Exit(3)
 
 
-def _serve_workers_with_metrics(config: uvicorn.Config, settings: Settings) -> None:
-    """Workers write their metrics to files in one fresh directory; any of them serves the sum (observability.md)."""
-    from certctl.observability.metrics import MULTIPROC_ENV, cleanup_multiprocess_dir, prepare_multiprocess_dir
+def _exec_supervisor(settings: Settings) -> NoReturn:
+    """Become the supervisor of the workers (certctl.api.supervisor): same PID, none of this process's modules."""
+    import uvicorn
+
+    from certctl.observability.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
 
     created = MULTIPROC_ENV not in os.environ
-    directory = prepare_multiprocess_dir()  # before any worker starts: prometheus_client reads it on import
-    try:
-        _serve_workers(config, settings)
-    finally:
-        cleanup_multiprocess_dir(directory, created=created)
-
-
-def _serve_workers(config: uvicorn.Config, settings: Settings) -> None:
-    # uvicorn's supervisor: SIGHUP replaces each worker (the new ones load the certificate afresh),
-    # SIGTERM stops them all gracefully.
-    from uvicorn.supervisors import Multiprocess
-
+    # Before any worker starts: workers write their metrics to files there, and any of them serves the sum.
+    metrics_dir = prepare_multiprocess_dir()
+    config = uvicorn.Config("certctl.api.worker:worker_app", host=settings.host, port=settings.port)
     sock = config.bind_socket()  # exits with status 3 when the port is taken
+    os.set_inheritable(sock.fileno(), True)
     typer.echo(
         f"certctl {__version__} listening on https://{settings.host}:{settings.port} with {settings.workers} workers",
         err=True,
     )
-    Multiprocess(config, sockets=[sock]).run()
+    args = [sys.executable, "-m", "certctl.api.supervisor", "--fd", str(sock.fileno()),
+            "--workers", str(settings.workers), "--grace", str(settings.audit_flush_timeout_seconds),
+            "--log-level", settings.log_level, "--log-format", settings.log_format]
+    if created:
+        args += ["--metrics-dir", str(metrics_dir)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, args)  # noqa: S606 - our own interpreter and module, no shell
 
 
 @db_app.command("upgrade")
