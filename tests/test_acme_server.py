@@ -264,6 +264,12 @@ async def test_account_lookup_update_and_deactivation(acme: Acme) -> None:
     assert answers[0].headers["Location"] == answers[1].headers["Location"]
     # One account, one audit event: the loser of the race wrote nothing.
     assert (await acme.api.audit_actions("acme_account")).count("acme_account_created") == 1
+    # The loser's path for certain (its lookup with the nonce found no account; its insert finds one).
+    service = acme.api.services.acme
+    raced, created = await service.new_account("p-acme", jwk_of(twin_a.key), thumbprint(twin_a.key), {},
+                                               twin_a.directory["newAccount"], None, looked_up=True)
+    assert not created and twin_a.kid == f"{DIRECTORY.removesuffix('/directory')}/account/{raced['id']}"
+    assert (await acme.api.audit_actions("acme_account")).count("acme_account_created") == 1
 
     client = await acme.account()
     again = await client.post(client.directory["newAccount"], {"onlyReturnExisting": True}, use_jwk=True)

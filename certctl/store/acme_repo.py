@@ -298,11 +298,19 @@ async def get_account(conn: AsyncConnection, account_id: str) -> Row | None:
     return await rows.get_row(conn, acme_accounts, account_id)
 
 
-async def account_by_thumbprint(conn: AsyncConnection, profile_id: str, thumbprint: str) -> Row | None:
+_PG_ACCOUNT_BY_THUMBPRINT = (f"SELECT {_ACCOUNT_SELECT} FROM acme_accounts a "
+                             "WHERE a.profile_id = $1 AND a.thumbprint = $2")
+
+
+async def account_by_thumbprint(conn: Conn, profile_id: str, thumbprint: str) -> Rec | None:
+    if isinstance(conn, asyncpg.Connection):  # a DriverPool connection
+        record = await _driver(conn, "fetchrow", _PG_ACCOUNT_BY_THUMBPRINT, profile_id, thumbprint)
+        return dict(record) if record is not None else None
     a = acme_accounts.c
     stmt = cached_statement(("acme_account_by_thumb",), lambda: select(acme_accounts).where(
         a.profile_id == bindparam("p"), a.thumbprint == bindparam("t")))
-    return (await conn.execute(stmt, {"p": profile_id, "t": thumbprint})).mappings().first()
+    found: Row | None = (await conn.execute(stmt, {"p": profile_id, "t": thumbprint})).mappings().first()
+    return found
 
 
 async def insert_account(conn: AsyncConnection, values: Mapping[str, Any]) -> None:
