@@ -312,6 +312,7 @@ async def test_big_totals_are_cached_and_recounted_in_the_background(
     from certctl.services import certificates as service_module
 
     monkeypatch.setattr(service_module, "COUNT_CACHE_MIN", 5)
+    monkeypatch.setattr(service_module, "WRITE_RECOUNT_SHARE", 0.0)  # due at once after a write (see below)
     service = api.services.certificates
     data = await seed(api, 7)
 
@@ -351,7 +352,7 @@ async def test_an_expired_total_is_recounted_once_not_by_every_request(
 
     service = api.services.certificates
     flt = CertificateFilter(status="Active")
-    service._count_cache[flt.key()] = service_module._CachedCount(expires=0.0, total=123_456)
+    service._count_cache[flt.key()] = service_module._CachedCount(expires=0.0, total=123_456, counted_at=0.0)
     release = asyncio.Event()
     calls: list[bool] = []
 
@@ -369,3 +370,48 @@ async def test_an_expired_total_is_recounted_once_not_by_every_request(
     assert calls == [True]  # one recount, run as a background one (no parallel workers on PostgreSQL)
     async with api.services.ctx.db.read() as conn:
         assert await service._count(conn, flt) == 200_000
+
+
+async def test_a_total_is_kept_longer_the_bigger_it_is_and_writes_make_it_due_soon_not_at_once(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A count costs in proportion to its size: a total is kept total/20,000 s (10-60 s); a write through the
+    process makes it due a tenth of that after it was counted, so a stream of writes costs one recount per
+    interval, not one per write."""
+    from certctl.services import certificates as service_module
+    from certctl.store.certificates_repo import CertificateFilter
+
+    assert [service_module.count_cache_seconds(n) for n in (10_000, 400_000, 700_000, 5_000_000)] == [10, 20, 35, 60]
+    clock = [1000.0]
+    monkeypatch.setattr(service_module, "_now", lambda: clock[0])
+    counts: list[int] = []
+
+    async def counting(conn: Any, flt: Any, *, background: bool = False) -> int:
+        counts.append(1)
+        return 700_000
+
+    monkeypatch.setattr(certificates_repo, "count", counting)
+    service = api.services.certificates
+    flt = CertificateFilter(status="Active")
+
+    async def total() -> int:
+        async with api.services.ctx.db.read() as conn:
+            value = await service._count(conn, flt)
+        await service.settle_counts()
+        return value
+
+    assert await total() == 700_000 and len(counts) == 1  # the first count, in the request
+    clock[0] += 34
+    await total()
+    assert len(counts) == 1, "35 s for 700,000 rows: not due after 34 s"
+    service._writes_happened()
+    await total()
+    assert len(counts) == 2, "a write made it due 3.5 s after its count: recounted"
+    clock[0] += 1
+    for _ in range(5):
+        service._writes_happened()
+        await total()
+    assert len(counts) == 2, "more writes within 3.5 s of the recount: no recount per write"
+    clock[0] += 3
+    await total()
+    assert len(counts) == 3

@@ -73,10 +73,25 @@ SORT_FIELDS: dict[str, str] = {
 
 log = logging.getLogger("certctl.certificates")
 
-# Exact totals of big result sets cost a scan; above this size a total may be up to
-# COUNT_CACHE_SECONDS old, and is recounted in the background (sooner after a write).
+# Exact totals of big result sets cost a scan; above COUNT_CACHE_MIN rows a total is served from a per-process
+# cache and recounted in the background. A count's cost grows with its size, and so does the time a figure is
+# kept: total / COUNT_ROWS_PER_SECOND seconds, at least COUNT_CACHE_SECONDS and at most COUNT_CACHE_MAX_SECONDS
+# (measured: 700,000 rows cost 110-270 ms of PostgreSQL CPU per count; every 10 s for each of a few filters, in
+# each worker, that was a tenth of a core). A write through this process makes the figure due sooner, a tenth of
+# that time after it was counted: a stream of writes costs one recount per interval, not one per write.
 COUNT_CACHE_MIN = 10_000
 COUNT_CACHE_SECONDS = 10.0
+COUNT_CACHE_MAX_SECONDS = 60.0
+COUNT_ROWS_PER_SECOND = 20_000
+WRITE_RECOUNT_SHARE = 0.1
+
+
+_now = time.monotonic  # the count cache's clock (tests move it)
+
+
+def count_cache_seconds(total: int) -> float:
+    """How long a cached total of `total` rows is served before it is recounted."""
+    return min(COUNT_CACHE_MAX_SECONDS, max(COUNT_CACHE_SECONDS, total / COUNT_ROWS_PER_SECOND))
 
 
 @dataclass
@@ -92,6 +107,7 @@ class CertificateListing:
 class _CachedCount:
     expires: float
     total: int
+    counted_at: float
     refreshing: bool = False
 
 
@@ -296,13 +312,13 @@ class CertificateService:
 
     # ---- helpers ------------------------------------------------------------------------------
     async def _count(self, conn: AsyncConnection, flt: CertificateFilter) -> int:
-        """Exact below COUNT_CACHE_MIN. Above it, a cached figure is served at once; when it is older
-        than COUNT_CACHE_SECONDS (or a write went through this process) one background task recounts,
+        """Exact below COUNT_CACHE_MIN. Above it, a cached figure is served at once; when it is due (its age,
+        `count_cache_seconds`, or sooner after a write through this process) one background task recounts,
         so no request ever waits for a full count after the first one for that filter."""
         key = flt.key()
         entry = self._count_cache.get(key)
         if entry is not None:
-            if entry.expires <= time.monotonic() and not entry.refreshing:
+            if entry.expires <= _now() and not entry.refreshing:
                 entry.refreshing = True
                 task = asyncio.create_task(self._recount(key, flt, entry))
                 self._recounts.add(task)
@@ -326,7 +342,8 @@ class CertificateService:
         if total >= COUNT_CACHE_MIN:
             if len(self._count_cache) > 1024:
                 self._count_cache.clear()
-            self._count_cache[key] = _CachedCount(time.monotonic() + COUNT_CACHE_SECONDS, total)
+            now = _now()
+            self._count_cache[key] = _CachedCount(now + count_cache_seconds(total), total, now)
         else:
             self._count_cache.pop(key, None)
 
@@ -336,9 +353,10 @@ class CertificateService:
             await asyncio.gather(*list(self._recounts), return_exceptions=True)
 
     def _writes_happened(self) -> None:
-        # Totals become due for a recount; they are still served until it lands.
+        # Totals become due for a recount soon; they are still served until it lands.
         for entry in self._count_cache.values():
-            entry.expires = 0.0
+            soon = entry.counted_at + WRITE_RECOUNT_SHARE * count_cache_seconds(entry.total)
+            entry.expires = min(entry.expires, soon)
 
     def _key(self) -> bytes:
         if self._cursor_key is None:
