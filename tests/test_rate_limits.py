@@ -126,6 +126,36 @@ async def test_limit_holds_across_a_restart(db: Database) -> None:
     await second.aclose()
 
 
+
+async def test_a_lease_failing_half_way_writes_nothing_and_leaves_the_connection_clean(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lease's transaction (on PostgreSQL: two statements on the driver connection) fails after its rows were
+    made and locked: nothing is stored, no transaction is left open on a pooled connection, the next lease works."""
+    clock = FakeClock()
+    store = DatabaseStore(db, wall=clock)
+    real = rate_limits_repo.lease
+
+    def failing(tokens: float, updated_at: float, request: LeaseRequest, now: float) -> tuple[int, float, float]:
+        if request.key == "api:key:doomed":
+            raise RuntimeError("failed between the two statements")
+        return real(tokens, updated_at, request, now)
+
+    monkeypatch.setattr(rate_limits_repo, "lease", failing)
+    with pytest.raises(RuntimeError):
+        await store.lease([LeaseRequest("api:key:fine", 10, 1.0, 5, 1), LeaseRequest("api:key:doomed", 10, 1.0, 5, 1)])
+    async with db.read() as conn:
+        assert await rate_limits_repo.tokens_of(conn, "api:key:fine") is None, "rolled back: no bucket was made"
+        assert await rate_limits_repo.tokens_of(conn, "api:key:doomed") is None
+    monkeypatch.setattr(rate_limits_repo, "lease", real)
+    granted = []
+    for _ in range(6):  # every pooled connection (pool_size 4) is usable: none was left inside a transaction
+        [result] = await store.lease([LeaseRequest("api:key:fine", 10, 1.0, 5, 1)])
+        granted.append(result.granted)
+    assert granted == [5, 5, 0, 0, 0, 0]  # the fake clock stands still: no refill
+    async with db.read() as conn:
+        assert await rate_limits_repo.tokens_of(conn, "api:key:fine") == pytest.approx(0.0)
+
 async def test_hot_key_touches_the_store_once_per_batch(db: Database) -> None:
     clock = FakeClock()
     store = CountingStore(DatabaseStore(db, wall=clock))

@@ -111,6 +111,9 @@ class DatabaseStore:
         self.wall = wall
 
     async def lease(self, requests: Sequence[LeaseRequest]) -> list[LeaseResult]:
+        if self.db.dialect == "postgresql":
+            async with self.db.read() as conn:
+                return await rate_limits_repo.lease_many_driver(conn, requests, self.wall())
         async with self.db.transaction() as conn:
             return await rate_limits_repo.lease_many(conn, requests, self.wall())
 

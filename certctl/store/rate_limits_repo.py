@@ -24,6 +24,7 @@ from sqlalchemy import bindparam, delete, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from certctl.store.database import driver_call, driver_connection
 from certctl.store.rows import cached_statement
 from certctl.store.schema import rate_limit_buckets
 
@@ -91,6 +92,57 @@ async def lease_many(conn: AsyncConnection, requests: Sequence[LeaseRequest], no
     )
     await conn.execute(write, sorted(updates, key=lambda row: str(row["_key"])))
     return results
+
+
+# PostgreSQL: the same two steps as `lease_many`, as two statements on the driver connection in one transaction
+# whose BEGIN carries the SET LOCAL (4 round trips, none through SQLAlchemy: a lease used to cost about 1 ms of CPU,
+# which an ACME newOrder, whose limits lease one token at a time, paid on every call).
+_PG_LOCK = f"""
+INSERT INTO {rate_limit_buckets.name} (key, tokens, updated_at, expires_at)
+SELECT key, capacity, $3::float8, $3::float8 FROM unnest($1::text[], $2::float8[]) AS r(key, capacity) ORDER BY key
+ON CONFLICT (key) DO UPDATE SET key = excluded.key
+RETURNING key, tokens, updated_at"""
+_PG_WRITE = f"""
+UPDATE {rate_limit_buckets.name} AS b SET tokens = r.tokens, updated_at = $4::float8, expires_at = r.expires_at
+FROM unnest($1::text[], $2::float8[], $3::float8[]) AS r(key, tokens, expires_at) WHERE b.key = r.key"""
+
+
+async def lease_many_driver(conn: AsyncConnection, requests: Sequence[LeaseRequest], now: float) -> list[LeaseResult]:
+    """PostgreSQL: `lease_many` in its own transaction on `conn`'s driver connection (which must be outside any
+    SQLAlchemy transaction). A failure rolls back; a connection left in an unknown state leaves the pool."""
+    if not requests:
+        return []
+    raw = await driver_connection(conn)
+    by_key = {request.key: request for request in requests}
+    keys = sorted(by_key)  # one lock order for every replica: no deadlocks
+
+    async def run() -> list[LeaseResult]:
+        await raw.execute("BEGIN; SET LOCAL synchronous_commit TO OFF")
+        try:
+            rows = await raw.fetch(_PG_LOCK, keys, [float(by_key[k].capacity) for k in keys], now)
+            current = {row["key"]: (row["tokens"], row["updated_at"]) for row in rows}
+            results: list[LeaseResult] = []
+            left_by_key: dict[str, tuple[float, float]] = {}
+            for request in requests:
+                tokens, updated_at = current[request.key]
+                granted, left, full_at = lease(tokens, updated_at, request, now)
+                results.append(LeaseResult(granted, left))
+                left_by_key[request.key] = (left, full_at)
+            await raw.execute(_PG_WRITE, keys, [left_by_key[k][0] for k in keys], [left_by_key[k][1] for k in keys],
+                              now)
+            await raw.execute("COMMIT")
+        except BaseException:
+            if not raw.is_closed() and raw.is_in_transaction():
+                try:
+                    await raw.execute("ROLLBACK")
+                except BaseException:
+                    await conn.invalidate()  # cancelled or broken mid-rollback: never reuse it
+                    raise
+            raise
+        return results
+
+    result: list[LeaseResult] = await driver_call(conn, run())
+    return result
 
 
 async def purge_full(conn: AsyncConnection, now: float) -> int:
