@@ -7,9 +7,10 @@ One transaction serves a whole batch of keys (up to a few hundred), whichever re
    batches queue on the rows instead of deadlocking (SQLite's write transaction, BEGIN IMMEDIATE, serializes
    writers anyway);
 2. each bucket is refilled, takes back what a replica returns, grants what is asked if at least `need` tokens are
-   there (`lease`), and is written back with one executemany UPDATE. PostgreSQL commits it without waiting for
-   the WAL flush (`synchronous_commit = off` for this transaction only): a crash may forget the last few
-   milliseconds of limiter state, never corrupt it.
+   there (`lease`), and is written back with one UPDATE (SQLite: executemany; PostgreSQL: one statement over
+   arrays, both statements sent on the driver connection by `lease_many_driver`). PostgreSQL commits it without
+   waiting for the WAL flush (`synchronous_commit = off` for this transaction only): a crash may forget the last
+   few milliseconds of limiter state, never corrupt it.
 
 So a grant is never counted twice, across replicas and restarts.
 """
