@@ -146,10 +146,11 @@ class RenewalService:
         of its own, so one that fails leaves the others of its chunk; the report counts a chunk once it has
         committed."""
         for start in range(0, len(items), CHUNK):
+            chunk = items[start:start + CHUNK]
             outcomes: list[tuple[str, RenewResult | str | CertctlError]] = []
             try:
                 async with self.ctx.db.transaction() as conn:
-                    for cert_id, window, ari_at in items[start:start + CHUNK]:
+                    for cert_id, window, ari_at in chunk:
                         outcome: RenewResult | str | CertctlError
                         try:
                             async with conn.begin_nested():
@@ -160,8 +161,8 @@ class RenewalService:
                             outcome = exc
                         outcomes.append((cert_id, outcome))
             except CertctlError as exc:  # the chunk did not commit: none of its renewals exists
-                report.errors += len(items[start:start + CHUNK])
-                log.warning("scheduled renewals not created", extra={"count": CHUNK, "error": exc.message})
+                report.errors += len(chunk)
+                log.warning("scheduled renewals not created", extra={"count": len(chunk), "error": exc.message})
                 continue
             for cert_id, outcome in outcomes:
                 if isinstance(outcome, CertctlError):
