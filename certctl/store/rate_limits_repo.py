@@ -21,8 +21,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, delete, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from certctl.store.database import driver_call, driver_connection
@@ -57,47 +57,50 @@ def lease(tokens: float, updated_at: float, request: LeaseRequest, now: float) -
     return granted, left, now + (request.capacity - left) / request.rate
 
 
+def _grants(
+    requests: Sequence[LeaseRequest], current: dict[str, tuple[float, float]], now: float,
+) -> tuple[list[LeaseResult], dict[str, tuple[float, float]]]:
+    """Every request applied to its bucket's (tokens, updated_at): the results in request order, and what each key's
+    row becomes (tokens left, when it is full again)."""
+    results: list[LeaseResult] = []
+    rows: dict[str, tuple[float, float]] = {}
+    for request in requests:
+        granted, left, full_at = lease(*current[request.key], request, now)
+        results.append(LeaseResult(granted, left))
+        rows[request.key] = (left, full_at)
+    return results, rows
+
+
 async def lease_many(conn: AsyncConnection, requests: Sequence[LeaseRequest], now: float) -> list[LeaseResult]:
-    """Apply one request per key (keys distinct) in the caller's write transaction."""
+    """SQLite: apply one request per key (keys distinct) in the caller's write transaction (PostgreSQL:
+    `lease_many_driver`)."""
     if not requests:
         return []
-    postgres = conn.dialect.name == "postgresql"
-    if postgres:
-        # Losing the last milliseconds of limiter state in a crash is harmless; waiting for the WAL flush is not.
-        await conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
-    dialect = postgresql if postgres else sqlite
 
     def build() -> object:
-        stmt = dialect.insert(rate_limit_buckets)
+        stmt = sqlite.insert(rate_limit_buckets)
         # The no-op update locks an existing row and returns it as it is; a new row comes back full.
         return stmt.on_conflict_do_update(index_elements=[_b.key], set_={"key": stmt.excluded.key}).returning(
             _b.key, _b.tokens, _b.updated_at)
 
-    lock = cached_statement(("rate_limit_lock", conn.dialect.name), build)
     by_key = {request.key: request for request in requests}
-    keys = sorted(by_key)  # one lock order for every replica: no deadlocks
-    rows = await conn.execute(lock, [{"key": key, "tokens": float(by_key[key].capacity), "updated_at": now,
-                                      "expires_at": now} for key in keys])
-    current = {row.key: (row.tokens, row.updated_at) for row in rows}
-    results: list[LeaseResult] = []
-    updates: list[dict[str, object]] = []
-    for request in requests:
-        tokens, updated_at = current[request.key]
-        granted, left, full_at = lease(tokens, updated_at, request, now)
-        results.append(LeaseResult(granted, left))
-        updates.append({"_key": request.key, "_tokens": left, "_updated_at": now, "_expires_at": full_at})
+    keys = sorted(by_key)
+    rows = await conn.execute(cached_statement(("rate_limit_lock",), build), [
+        {"key": key, "tokens": float(by_key[key].capacity), "updated_at": now, "expires_at": now} for key in keys])
+    results, written = _grants(requests, {row.key: (row.tokens, row.updated_at) for row in rows}, now)
     write = cached_statement(
         ("rate_limit_update",),
         lambda: update(rate_limit_buckets).where(_b.key == bindparam("_key")).values(
             tokens=bindparam("_tokens"), updated_at=bindparam("_updated_at"), expires_at=bindparam("_expires_at")),
     )
-    await conn.execute(write, sorted(updates, key=lambda row: str(row["_key"])))
+    await conn.execute(write, [{"_key": key, "_tokens": written[key][0], "_updated_at": now,
+                                "_expires_at": written[key][1]} for key in keys])
     return results
 
 
-# PostgreSQL: the same two steps as `lease_many`, as two statements on the driver connection in one transaction
-# whose BEGIN carries the SET LOCAL (4 round trips, none through SQLAlchemy: a lease used to cost about 1 ms of CPU,
-# which an ACME newOrder, whose limits lease one token at a time, paid on every call).
+# PostgreSQL: the same two steps, as two statements on the driver connection in one transaction whose BEGIN carries
+# the SET LOCAL (4 round trips, none through SQLAlchemy: a lease used to cost about 1 ms of CPU, which an ACME
+# newOrder, whose limits lease one token at a time, paid on every call).
 _PG_LOCK = f"""
 INSERT INTO {rate_limit_buckets.name} (key, tokens, updated_at, expires_at)
 SELECT key, capacity, $3::float8, $3::float8 FROM unnest($1::text[], $2::float8[]) AS r(key, capacity) ORDER BY key
@@ -109,8 +112,9 @@ FROM unnest($1::text[], $2::float8[], $3::float8[]) AS r(key, tokens, expires_at
 
 
 async def lease_many_driver(conn: AsyncConnection, requests: Sequence[LeaseRequest], now: float) -> list[LeaseResult]:
-    """PostgreSQL: `lease_many` in its own transaction on `conn`'s driver connection (which must be outside any
-    SQLAlchemy transaction). A failure rolls back; a connection left in an unknown state leaves the pool."""
+    """PostgreSQL: the lease in its own transaction on `conn`'s driver connection (which must be outside any
+    SQLAlchemy transaction), committed without waiting for the WAL flush. A failure rolls back; a connection left
+    in an unknown state leaves the pool."""
     if not requests:
         return []
     raw = await driver_connection(conn)
@@ -121,16 +125,8 @@ async def lease_many_driver(conn: AsyncConnection, requests: Sequence[LeaseReque
         await raw.execute("BEGIN; SET LOCAL synchronous_commit TO OFF")
         try:
             rows = await raw.fetch(_PG_LOCK, keys, [float(by_key[k].capacity) for k in keys], now)
-            current = {row["key"]: (row["tokens"], row["updated_at"]) for row in rows}
-            results: list[LeaseResult] = []
-            left_by_key: dict[str, tuple[float, float]] = {}
-            for request in requests:
-                tokens, updated_at = current[request.key]
-                granted, left, full_at = lease(tokens, updated_at, request, now)
-                results.append(LeaseResult(granted, left))
-                left_by_key[request.key] = (left, full_at)
-            await raw.execute(_PG_WRITE, keys, [left_by_key[k][0] for k in keys], [left_by_key[k][1] for k in keys],
-                              now)
+            results, written = _grants(requests, {row["key"]: (row["tokens"], row["updated_at"]) for row in rows}, now)
+            await raw.execute(_PG_WRITE, keys, [written[k][0] for k in keys], [written[k][1] for k in keys], now)
             await raw.execute("COMMIT")
         except BaseException:
             if not raw.is_closed() and raw.is_in_transaction():
