@@ -7,7 +7,7 @@ loading the services (the supervisor of `--workers N` stays small: it never runs
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -67,6 +67,12 @@ class NotificationSettings:
         def text(name: str, default: str = "") -> str:
             return (env.get(name) or default).strip()
 
+        def choice(name: str, default: str, allowed: tuple[str, ...], fold: Callable[[str], str]) -> str:
+            value = fold(text(name, default))
+            if value not in allowed:
+                raise SettingsError(f"{name}: '{value}' is not one of: {', '.join(allowed)}")
+            return value
+
         def duration(names: tuple[str, ...], default: str, minimum: float) -> timedelta:
             for name in names:
                 if env.get(name):
@@ -100,18 +106,14 @@ class NotificationSettings:
         if _url(env, "CERTCTL_TEAMS_WEBHOOK_URL"):
             channels.append(TeamsConfig(_url(env, "CERTCTL_TEAMS_WEBHOOK_URL")))
         if text("CERTCTL_PAGERDUTY_ROUTING_KEY"):
-            severity = text("CERTCTL_PAGERDUTY_SEVERITY", "warning").lower()
-            if severity not in SEVERITIES:
-                raise SettingsError(f"CERTCTL_PAGERDUTY_SEVERITY: '{severity}' is not one of: {', '.join(SEVERITIES)}")
             channels.append(PagerDutyConfig(
-                text("CERTCTL_PAGERDUTY_ROUTING_KEY"), severity,
+                text("CERTCTL_PAGERDUTY_ROUTING_KEY"),
+                choice("CERTCTL_PAGERDUTY_SEVERITY", "warning", SEVERITIES, str.lower),
                 _url(env, "CERTCTL_PAGERDUTY_API_URL") or "https://events.pagerduty.com"))
         if text("CERTCTL_OPSGENIE_API_KEY"):
-            priority = text("CERTCTL_OPSGENIE_PRIORITY", "P3").upper()
-            if priority not in PRIORITIES:
-                raise SettingsError(f"CERTCTL_OPSGENIE_PRIORITY: '{priority}' is not one of: {', '.join(PRIORITIES)}")
             channels.append(OpsGenieConfig(
-                text("CERTCTL_OPSGENIE_API_KEY"), priority,
+                text("CERTCTL_OPSGENIE_API_KEY"),
+                choice("CERTCTL_OPSGENIE_PRIORITY", "P3", PRIORITIES, str.upper),
                 _url(env, "CERTCTL_OPSGENIE_API_URL") or "https://api.opsgenie.com"))
         digest_enabled = env_bool(env, "CERTCTL_DIGEST_ENABLED", False)
         if digest_enabled and not text("CERTCTL_SMTP_HOST"):
