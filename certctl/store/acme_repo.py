@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from certctl.domain.errors import ConflictError, UnavailableError
 from certctl.store import rows
 from certctl.store.database import (
-    STORAGE_FULL,
+    DRIVER_UNAVAILABLE,
     Database,
     describe_integrity_error,
     driver_call,
@@ -52,8 +52,6 @@ _OPEN_ORDER_STATUSES = ("pending", "ready", "processing")
 
 # ---- PostgreSQL: driver connections of the ACME server's own ---------------------------------------------
 Conn = Any  # an AsyncConnection, or (PostgreSQL) an asyncpg connection from DriverPool
-_UNAVAILABLE = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
-                asyncpg.AdminShutdownError, OSError)
 _CONNECT_PARAMETERS = frozenset(inspect.signature(asyncpg.connect).parameters)
 
 
@@ -78,7 +76,7 @@ class DriverPool:
         try:
             yield raw
         except BaseException as exc:
-            if not isinstance(exc, Exception) or isinstance(exc, _UNAVAILABLE) or raw.is_in_transaction():
+            if not isinstance(exc, Exception) or isinstance(exc, DRIVER_UNAVAILABLE) or raw.is_in_transaction():
                 raw.terminate()
             raise
         finally:
@@ -127,7 +125,7 @@ class DriverPool:
         _, params = engine.dialect.create_connect_args(engine.url)
         try:
             raw = await asyncpg.connect(**{k: v for k, v in params.items() if k in _CONNECT_PARAMETERS})
-        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+        except (*DRIVER_UNAVAILABLE, asyncpg.PostgresError) as exc:
             raise UnavailableError("the database is unavailable; retry shortly") from exc
         # The engine's JSON handling (SQLAlchemy's asyncpg codecs with the engine's orjson deserializer).
         await raw.set_type_codec("json", encoder=str.encode, decoder=orjson.loads, schema="pg_catalog",
@@ -158,15 +156,8 @@ def _is_pg(conn: Conn) -> bool:
 async def _driver(conn: Conn, method: str, sql: str, *args: Any) -> Any:
     """`fetch`/`fetchrow`/`fetchval` of a statement on the driver connection (a DriverPool one, or the one under
     a SQLAlchemy connection), with driver errors mapped as the store maps them elsewhere."""
-    if not isinstance(conn, asyncpg.Connection):
-        return await driver_call(conn, getattr(await driver_connection(conn), method)(sql, *args))
-    try:
-        return await getattr(conn, method)(sql, *args)
-    except asyncpg.DiskFullError:
-        raise UnavailableError(STORAGE_FULL) from None
-    except _UNAVAILABLE as exc:
-        conn.terminate()
-        raise UnavailableError("the database is unavailable; retry shortly") from exc
+    raw = conn if isinstance(conn, asyncpg.Connection) else await driver_connection(conn)
+    return await driver_call(conn, getattr(raw, method)(sql, *args))
 
 
 # ---- PostgreSQL: the per-request statements straight to asyncpg ---------------------------------------

@@ -137,16 +137,24 @@ async def driver_connection(conn: AsyncConnection) -> Any:
     return (await conn.get_raw_connection()).driver_connection
 
 
-async def driver_call(conn: AsyncConnection, call: Any) -> Any:
-    """Await a call on the driver connection with driver errors mapped as the store maps them elsewhere:
-    a full database or an unreachable one is a 503, and a broken connection leaves the pool."""
+# Driver errors that mean the connection or the server is gone (a 503, and the connection is not reused).
+DRIVER_UNAVAILABLE = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+                      asyncpg.AdminShutdownError, OSError)
+
+
+async def driver_call(conn: AsyncConnection | asyncpg.Connection, call: Any) -> Any:
+    """Await a call on a driver connection (the one under a SQLAlchemy connection `conn`, or `conn` itself) with
+    driver errors mapped as the store maps them elsewhere: a full database or an unreachable one is a 503, and a
+    broken connection is not used again."""
     try:
         return await call
     except asyncpg.DiskFullError:
         raise UnavailableError(STORAGE_FULL) from None
-    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
-            asyncpg.AdminShutdownError, OSError) as exc:
-        await conn.invalidate()
+    except DRIVER_UNAVAILABLE as exc:
+        if isinstance(conn, asyncpg.Connection):
+            conn.terminate()
+        else:
+            await conn.invalidate()
         raise UnavailableError("the database is unavailable; retry shortly") from exc
 
 
