@@ -47,7 +47,9 @@ async def seeded_certificates(database: str) -> int:
 
 
 def pg_url(database: str) -> str:
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + database
+    """PG_ADMIN_URL with `database` in place of its own (a `?host=/socket/dir` query is kept)."""
+    base, sep, query = PG_ADMIN_URL.partition("?")
+    return base.rsplit("/", 1)[0] + "/" + database + sep + query
 
 
 def certctl_command() -> list[str]:

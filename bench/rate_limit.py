@@ -101,7 +101,8 @@ async def _prepare_database() -> str:
         await conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
     finally:
         await conn.close()
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + BENCH_DB
+    base, sep, query = PG_ADMIN_URL.partition("?")
+    url = base.rsplit("/", 1)[0] + "/" + BENCH_DB + sep + query
     db = Database(url)
     await migrate.upgrade(db)
     await db.dispose()
