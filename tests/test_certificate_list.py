@@ -382,6 +382,7 @@ async def test_a_total_is_kept_longer_the_bigger_it_is_and_writes_make_it_due_so
     from certctl.store.certificates_repo import CertificateFilter
 
     assert [service_module.count_cache_seconds(n) for n in (10_000, 400_000, 700_000, 5_000_000)] == [10, 20, 35, 60]
+    monkeypatch.setattr(service_module, "COUNT_CACHE_JITTER", 0.0)  # the spread has a test of its own
     clock = [1000.0]
     monkeypatch.setattr(service_module, "_now", lambda: clock[0])
     counts: list[int] = []
@@ -415,3 +416,53 @@ async def test_a_total_is_kept_longer_the_bigger_it_is_and_writes_make_it_due_so
     clock[0] += 3
     await total()
     assert len(counts) == 3
+
+
+async def test_workers_started_together_do_not_recount_a_total_at_the_same_moment(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each cached total is kept 80-100 % of its time at random, so processes that counted it together (every
+    worker at start) come due apart instead of all taking a core for the same big count at once."""
+    from certctl.services import certificates as service_module
+    from certctl.store.certificates_repo import CertificateFilter
+
+    monkeypatch.setattr(service_module, "_now", lambda: 1000.0)
+    service = api.services.certificates
+    kept = []
+    for _ in range(50):
+        service._remember_count(CertificateFilter(status="Active").key(), 700_000)  # 35 s nominal
+        kept.append(service._count_cache[CertificateFilter(status="Active").key()].expires - 1000.0)
+    assert all(0.8 * 35 <= seconds <= 35 for seconds in kept), kept
+    assert max(kept) - min(kept) > 3, "spread over the last fifth of the interval, not one moment"
+
+
+async def test_a_background_recount_walks_the_index_in_short_steps_and_counts_exactly(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under no filter or one equality filter, a background recount is a series of statements each skipping
+    COUNT_STEP rows (so none takes a core for long); the figure is exact, rows sharing a created_at included.
+    Other filters count in one statement."""
+    data = await seed(api, 61)
+    monkeypatch.setattr(certificates_repo, "COUNT_STEP", 4)
+    team_a = data["teams"][0]["id"]
+    cases = [
+        (certificates_repo.CertificateFilter(), 61),
+        (certificates_repo.CertificateFilter(team_id=team_a), 31),
+        (certificates_repo.CertificateFilter(status="Active"), sum(c["status"] == "Active" for c in data["certs"])),
+        (certificates_repo.CertificateFilter(environment="dev"), 20),
+        (certificates_repo.CertificateFilter(environment="none-such"), 0),
+    ]
+    for flt, expected in cases:
+        with counting_queries(api, monkeypatch) as statements:
+            async with api.services.ctx.db.read() as conn:
+                background = await certificates_repo.count(conn, flt, background=True)
+                foreground = await certificates_repo.count(conn, flt)
+        steps = [s for s in statements if "OFFSET 3" in s]
+        assert background == foreground == expected, flt
+        assert len(steps) == expected // 4 + 1, (flt, len(steps))  # the last step finds no 4th row
+    two = certificates_repo.CertificateFilter(team_id=team_a, environment="dev")
+    with counting_queries(api, monkeypatch) as statements:
+        async with api.services.ctx.db.read() as conn:
+            assert await certificates_repo.count(conn, two, background=True) == sum(
+                c["team_id"] == team_a and c["environment"] == "dev" for c in data["certs"])
+    assert not [s for s in statements if "OFFSET" in s], "two filters: one count statement"

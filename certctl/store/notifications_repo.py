@@ -137,7 +137,7 @@ async def audit_events_since(
     after: tuple[datetime, str] | None = None,
 ) -> list[Row]:
     """Events with the given actions at or after `since` (and after the (timestamp, id) `after`, the keyset of
-    the page before), oldest first (ix_audit_timestamp)."""
+    the page before), oldest first (ix_audit_action_timestamp: only events of those actions are read)."""
     where = [_a.timestamp >= since, _a.action.in_(actions)]
     if after is not None:
         where.append(or_(_a.timestamp > after[0], and_(_a.timestamp == after[0], _a.id > after[1])))

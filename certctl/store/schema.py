@@ -340,6 +340,7 @@ audit_events = Table(
 Index("ix_audit_timestamp", audit_events.c.timestamp, audit_events.c.id)
 Index("ix_audit_resource", audit_events.c.resource_type, audit_events.c.resource_id)
 Index("ix_audit_actor", audit_events.c.actor, audit_events.c.timestamp)
+Index("ix_audit_action_timestamp", audit_events.c.action, audit_events.c.timestamp, audit_events.c.id)  # the outbox
 
 notification_events = Table(
     "notification_events", metadata, _id(),
