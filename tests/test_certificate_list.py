@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -295,7 +296,10 @@ async def test_query_count_does_not_grow_with_the_page(api: Api, monkeypatch: py
             assert response.status_code == 200
         return len(statements)
 
-    # Offset mode: the page (target_ids come from a sub-select in the same statement) + the count.
+    # Offset mode: the page (target_ids come from a sub-select in the same statement) + the count. The first list
+    # of a filter in a process also looks for a total shared by another process; a small total is not shared,
+    # so later lists of that filter do not look again.
+    assert await cost(per_page=5) == 3
     assert await cost(per_page=5) == await cost(per_page=50) == 2
     page = (await api.admin.get(CERTS, params={"per_page": 50})).json()["data"]
     assert len(page) == 50 and all(len(c["target_ids"]) == 3 for c in page)
@@ -444,6 +448,7 @@ async def test_a_background_recount_walks_the_index_in_short_steps_and_counts_ex
     Other filters count in one statement."""
     data = await seed(api, 61)
     monkeypatch.setattr(certificates_repo, "COUNT_STEP", 4)
+    monkeypatch.setattr(certificates_repo, "COUNT_STEP_PAUSE", 0.0)
     team_a = data["teams"][0]["id"]
     cases = [
         (certificates_repo.CertificateFilter(), 61),
@@ -466,3 +471,59 @@ async def test_a_background_recount_walks_the_index_in_short_steps_and_counts_ex
             assert await certificates_repo.count(conn, two, background=True) == sum(
                 c["team_id"] == team_a and c["environment"] == "dev" for c in data["certs"])
     assert not [s for s in statements if "OFFSET" in s], "two filters: one count statement"
+
+
+async def test_big_totals_are_shared_between_processes(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two server processes (two services on one database): the second one's first list of a big filter takes the
+    figure the first one counted instead of counting; a due recount takes a newer figure another process counted;
+    a figure counted before a write through this process is served but recounted; a very old one is not served."""
+    from certctl.services import certificates as service_module
+    from certctl.services.certificates import CertificateService
+    from certctl.store.certificates_repo import CertificateFilter
+
+    monkeypatch.setattr(service_module, "COUNT_CACHE_MIN", 5)
+    await seed(api, 7)
+    counted: list[str] = []
+    real_count = certificates_repo.count
+
+    async def counting(conn: Any, flt: Any, *, background: bool = False) -> int:
+        counted.append("background" if background else "request")
+        return await real_count(conn, flt, background=background)
+
+    monkeypatch.setattr(certificates_repo, "count", counting)
+    first, second = CertificateService(api.services.ctx), CertificateService(api.services.ctx)
+    flt = CertificateFilter()
+
+    async def total(service: CertificateService) -> int:
+        async with api.services.ctx.db.read() as conn:
+            value = await service._count(conn, flt)
+        await service.settle_counts()
+        return value
+
+    assert await total(first) == 7 and counted == ["request"]
+    assert await total(second) == 7 and counted == ["request"], "taken from the first process"
+    async with api.services.ctx.db.read() as conn:
+        assert await certificates_repo.shared_count(conn, certificates_repo.count_key(flt)) is not None
+
+    # The first process recounts after a change; the second one's due figure takes that newer count.
+    await factories.certificate(api.admin, team_id=(await factories.team(api.admin))["id"],
+                                owner_id=(await factories.owner(api.admin))["id"])
+    first._count_cache[flt.key()].expires = 0.0
+    await total(first)
+    await first.settle_counts()
+    assert await total(first) == 8 and counted == ["request", "background"]
+    second._count_cache[flt.key()].expires = 0.0
+    await total(second)
+    assert await total(second) == 8 and counted == ["request", "background"], "no count of its own"
+
+    # A write through the second process: the first one's figure predates it, so it is served (a process without a
+    # figure serves a shared one rather than count in the request) but recounted at once, in the background.
+    second._writes_happened()
+    second._count_cache.clear()
+    assert await total(second) == 8 and counted == ["request", "background", "background"]
+    assert second._count_cache[flt.key()].counted_wall > second._last_write_wall
+
+    # Shared figures far past their time are not served: no figure anywhere means a count in the request.
+    monkeypatch.setattr(service_module, "_wall", lambda: time.time() + 10 * 10 + 1)  # 10 lifetimes of 10 s
+    third = CertificateService(api.services.ctx)
+    assert await total(third) == 8 and counted[-1] == "request"

@@ -15,7 +15,7 @@ import hmac
 import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -89,9 +89,15 @@ WRITE_RECOUNT_SHARE = 0.1
 # otherwise recount the same big total at the same moment, each count taking a core for ~100 ms, and with both
 # cores of a small machine gone at once every request in flight waited (seen as p99 spikes every 35 s).
 COUNT_CACHE_JITTER = 0.2
+# A process without a figure for a filter serves the one shared by other processes while it is younger than this
+# many times its time in a cache (recounting it in the background when it is due), and counts in the request
+# only when there is none: a worker that had not yet served a big filter used to count it in the request, with
+# parallel workers, while the other worker served from its cache.
+SHARED_COUNT_SERVED_LIFETIMES = 10.0
 
 
 _now = time.monotonic  # the count cache's clock (tests move it)
+_wall = time.time  # the clock of totals shared between processes (certificate_list_counts)
 
 
 def count_cache_seconds(total: int) -> float:
@@ -114,6 +120,7 @@ class _CachedCount:
     total: int
     counted_at: float
     refreshing: bool = False
+    counted_wall: float = 0.0  # when it was counted, on the clock shared with other processes
 
 
 @dataclass
@@ -129,6 +136,8 @@ class CertificateService:
         self.export_limit = _export_limit(ctx.settings.extra)
         self._count_cache: dict[tuple[Any, ...], _CachedCount] = {}
         self._recounts: set[asyncio.Task[None]] = set()
+        self._last_write_wall = 0.0  # no shared figure counted before this process's last write is taken
+        self._small_counts: set[tuple[Any, ...]] = set()  # filters last counted below COUNT_CACHE_MIN
         self._cursor_key: bytes | None = None
 
     # ---- reads ------------------------------------------------------------------------------
@@ -319,39 +328,92 @@ class CertificateService:
     async def _count(self, conn: AsyncConnection, flt: CertificateFilter) -> int:
         """Exact below COUNT_CACHE_MIN. Above it, a cached figure is served at once; when it is due (its age,
         `count_cache_seconds`, or sooner after a write through this process) one background task recounts,
-        so no request ever waits for a full count after the first one for that filter."""
+        so no request ever waits for a full count after the first one for that filter. Big totals are shared
+        through the database: a process whose figure is due takes a fresher one that another process (worker or
+        replica) counted instead of counting again, and a process without a figure serves the shared one
+        (SHARED_COUNT_SERVED_LIFETIMES)."""
         key = flt.key()
         entry = self._count_cache.get(key)
         if entry is not None:
             if entry.expires <= _now() and not entry.refreshing:
                 entry.refreshing = True
-                task = asyncio.create_task(self._recount(key, flt, entry))
-                self._recounts.add(task)
-                task.add_done_callback(self._recounts.discard)
+                self._spawn(self._recount(key, flt, entry))
             return entry.total
+        shared = None if key in self._small_counts else await self._shared_total(
+            conn, flt, newer_than=0.0, lifetimes=SHARED_COUNT_SERVED_LIFETIMES)
+        if shared is not None:  # served at once, like a cached figure; recounted in the background when due
+            entry = self._remember_count(key, *shared)
+            if entry is not None and (entry.expires <= _now() or shared[1] <= self._last_write_wall):
+                entry.refreshing = True
+                self._spawn(self._recount(key, flt, entry))
+            return shared[0]
+        counted_wall = _wall()
         total = await repo.count(conn, flt)
-        self._remember_count(key, total)
+        self._remember_count(key, total, counted_wall)
+        if total >= COUNT_CACHE_MIN:
+            self._spawn(self._share(flt, total, counted_wall))
         return total
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._recounts.add(task)
+        task.add_done_callback(self._recounts.discard)
 
     async def _recount(self, key: tuple[Any, ...], flt: CertificateFilter, entry: _CachedCount) -> None:
         try:
             async with self.ctx.db.read() as conn:
-                total = await repo.count(conn, flt, background=True)
+                shared = await self._shared_total(
+                    conn, flt, newer_than=max(entry.counted_wall, self._last_write_wall), lifetimes=1.0)
+                if shared is None:
+                    counted_wall = _wall()
+                    shared = (await repo.count(conn, flt, background=True), counted_wall)
+                    await self._share(flt, *shared)
         except Exception:  # keep serving the previous figure; the next request tries again
             log.warning("recounting certificates failed", exc_info=True)
             entry.refreshing = False
             return
-        self._remember_count(key, total)
+        self._remember_count(key, *shared)
 
-    def _remember_count(self, key: tuple[Any, ...], total: int) -> None:
+    async def _shared_total(
+        self, conn: AsyncConnection, flt: CertificateFilter, *, newer_than: float, lifetimes: float,
+    ) -> tuple[int, float] | None:
+        """The shared (total, counted_wall) for `flt` when it was counted after `newer_than` and is younger than
+        `lifetimes` times its time in a cache (`count_cache_seconds`); else None."""
+        found = await repo.shared_count(conn, repo.count_key(flt))
+        if found is None:
+            return None
+        total, counted_wall = found
+        if counted_wall <= newer_than or total < COUNT_CACHE_MIN \
+                or _wall() - counted_wall >= lifetimes * count_cache_seconds(total):
+            return None
+        return found
+
+    async def _share(self, flt: CertificateFilter, total: int, counted_wall: float) -> None:
+        if total < COUNT_CACHE_MIN:
+            return
+        try:
+            async with self.ctx.db.transaction() as conn:
+                await repo.store_shared_count(conn, repo.count_key(flt), total, counted_wall)
+        except Exception:  # the figure is still cached here; other processes count for themselves
+            log.warning("storing a shared certificate total failed", exc_info=True)
+
+    def _remember_count(
+        self, key: tuple[Any, ...], total: int, counted_wall: float | None = None,
+    ) -> _CachedCount | None:
         if total >= COUNT_CACHE_MIN:
             if len(self._count_cache) > 1024:
                 self._count_cache.clear()
-            now = _now()
+            wall = _wall() if counted_wall is None else counted_wall
+            counted_at = _now() - max(0.0, _wall() - wall)  # a shared figure is as old as it is
             kept = count_cache_seconds(total) * (1.0 - COUNT_CACHE_JITTER * random.random())
-            self._count_cache[key] = _CachedCount(now + kept, total, now)
-        else:
-            self._count_cache.pop(key, None)
+            entry = self._count_cache[key] = _CachedCount(counted_at + kept, total, counted_at, counted_wall=wall)
+            self._small_counts.discard(key)
+            return entry
+        self._count_cache.pop(key, None)
+        if len(self._small_counts) > 1024:
+            self._small_counts.clear()
+        self._small_counts.add(key)  # counted exactly in each request: no shared figure to look for
+        return None
 
     async def settle_counts(self) -> None:
         """Wait for background recounts (tests, shutdown)."""
@@ -360,6 +422,7 @@ class CertificateService:
 
     def _writes_happened(self) -> None:
         # Totals become due for a recount soon; they are still served until it lands.
+        self._last_write_wall = _wall()
         for entry in self._count_cache.values():
             soon = entry.counted_at + WRITE_RECOUNT_SHARE * count_cache_seconds(entry.total)
             entry.expires = min(entry.expires, soon)

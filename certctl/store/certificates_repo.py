@@ -18,6 +18,7 @@ which PostgreSQL and SQLite both answer with one index range scan. Writes use SQ
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -25,6 +26,8 @@ from typing import Any
 
 import orjson
 from sqlalchemy import bindparam, delete, func, insert, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from certctl.domain.enums import CertificateStatus, JobType
@@ -33,6 +36,7 @@ from certctl.store import rows
 from certctl.store.rows import Row
 from certctl.store.schema import (
     audit_events,
+    certificate_list_counts,
     certificate_target_mappings,
     certificate_versions,
     deployment_targets,
@@ -280,6 +284,7 @@ async def list_page(
 # them (or none) walks that index in steps of COUNT_STEP rows.
 _STEPPED_FILTERS = frozenset({"status", "environment", "owner_id", "team_id", "issuer_id", "profile_id"})
 COUNT_STEP = 20_000
+COUNT_STEP_PAUSE = 0.01  # seconds between steps: a step costs ~2.5 ms, so the count takes at most ~1/5 of a core
 
 
 async def count(conn: AsyncConnection, flt: CertificateFilter, *, background: bool = False) -> int:
@@ -289,7 +294,8 @@ async def count(conn: AsyncConnection, flt: CertificateFilter, *, background: bo
     for long: counting 700,000 rows in one statement takes one for ~100 ms (every core, with parallel workers), and
     the requests served meanwhile pay for it in their tail latency. So it runs without parallel workers, and under
     no filter or one equality filter it is a series of short statements, each skipping COUNT_STEP rows along the
-    filter's index (a few ms each), with other statements served between them.
+    filter's index (a few ms each), with a pause after each: one statement, or steps sent back to back, would keep
+    a core busy for the whole count, and on a small machine the requests served meanwhile would queue.
     """
     if background and conn.dialect.name == "postgresql":
         await conn.execute(text("SET LOCAL max_parallel_workers_per_gather = 0"))
@@ -306,9 +312,32 @@ async def count(conn: AsyncConnection, flt: CertificateFilter, *, background: bo
                 break
             counted += COUNT_STEP
             after = (rows[0][0], rows[0][1])
+            await asyncio.sleep(COUNT_STEP_PAUSE)
     stmt = _Statement(conn.dialect.name)
     sql = "SELECT count(*) FROM managed_certificates c" + _count_where(stmt, flt, after)
     return counted + int((await _fetch(conn, sql, stmt.params))[0][0])
+
+
+def count_key(flt: CertificateFilter) -> str:
+    """The filter as the key of its shared total (certificate_list_counts)."""
+    return orjson.dumps([None if v is None else str(v) for v in flt.key()]).decode()
+
+
+async def shared_count(conn: AsyncConnection, key: str) -> tuple[int, float] | None:
+    """(total, counted_at epoch seconds) of a total some server process stored, if any."""
+    _l = certificate_list_counts.c
+    row = (await conn.execute(select(_l.total, _l.counted_at).where(_l.key == key))).first()
+    return None if row is None else (int(row[0]), float(row[1]))
+
+
+async def store_shared_count(conn: AsyncConnection, key: str, total: int, counted_at: float) -> None:
+    """Keep the newest figure for `key` (a slower count that finished later does not replace a newer one)."""
+    _l = certificate_list_counts.c
+    insert_ = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    stmt = insert_(certificate_list_counts).values(key=key, total=total, counted_at=counted_at)
+    await conn.execute(stmt.on_conflict_do_update(
+        index_elements=[_l.key], set_={"total": stmt.excluded.total, "counted_at": stmt.excluded.counted_at},
+        where=_l.counted_at < stmt.excluded.counted_at))
 
 
 def _count_where(stmt: _Statement, flt: CertificateFilter, after: tuple[Any, Any] | None) -> str:

@@ -744,6 +744,16 @@ rate_limit_buckets = Table(
 )
 Index("ix_rate_limit_buckets_expires_at", rate_limit_buckets.c.expires_at)
 
+# Big list totals, shared by every server process (certctl.services.certificates, migration 0010): a process that
+# has no figure for a filter, or whose figure is due, takes one another process counted recently instead of
+# counting again. `key` is the filter; `counted_at` is epoch seconds.
+certificate_list_counts = Table(
+    "certificate_list_counts", metadata,
+    Column("key", Text, primary_key=True),
+    Column("total", BigInteger, nullable=False),
+    Column("counted_at", Double, nullable=False),
+)
+
 # Notifications (certctl.services.notifications, migration 0008). `dedup_key` names what a row is about (an audit
 # event, or a certificate's expiry threshold); with the channel it is unique, so the outbox scan and the expiry
 # scan can run again, on any replica, without making a second row. `claimed_by`/`claim_expires_at` is the
