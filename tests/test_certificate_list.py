@@ -527,3 +527,29 @@ async def test_big_totals_are_shared_between_processes(api: Api, monkeypatch: py
     monkeypatch.setattr(service_module, "_wall", lambda: time.time() + 10 * 10 + 1)  # 10 lifetimes of 10 s
     third = CertificateService(api.services.ctx)
     assert await total(third) == 8 and counted[-1] == "request"
+
+
+async def test_old_shared_totals_are_deleted(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A filter with a moving bound makes a new shared row with each count: rows older than
+    SHARED_COUNT_KEPT_SECONDS go when a process next stores one (at most once per that interval)."""
+    from certctl.services import certificates as service_module
+    from certctl.services.certificates import CertificateService
+    from certctl.store.certificates_repo import CertificateFilter
+
+    service = CertificateService(api.services.ctx)
+    kept = service_module.SHARED_COUNT_KEPT_SECONDS
+    now = time.time()
+    async with api.services.ctx.db.transaction() as conn:
+        await certificates_repo.store_shared_count(conn, "old", 50_000, now - kept - 5)
+        await certificates_repo.store_shared_count(conn, "recent", 50_000, now - kept + 60)
+    await service._share(CertificateFilter(status="Active"), 60_000, now)
+    async with api.services.ctx.db.read() as conn:
+        assert await certificates_repo.shared_count(conn, "old") is None
+        assert await certificates_repo.shared_count(conn, "recent") == (50_000, now - kept + 60)
+        assert await certificates_repo.shared_count(conn, certificates_repo.count_key(
+            CertificateFilter(status="Active"))) == (60_000, now)
+    # A newer figure replaces an older one, never the reverse.
+    async with api.services.ctx.db.transaction() as conn:
+        await certificates_repo.store_shared_count(conn, "recent", 40_000, now - kept + 30)
+    async with api.services.ctx.db.read() as conn:
+        assert await certificates_repo.shared_count(conn, "recent") == (50_000, now - kept + 60)

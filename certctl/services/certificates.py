@@ -94,6 +94,9 @@ COUNT_CACHE_JITTER = 0.2
 # only when there is none: a worker that had not yet served a big filter used to count it in the request, with
 # parallel workers, while the other worker served from its cache.
 SHARED_COUNT_SERVED_LIFETIMES = 10.0
+# Shared totals older than this are deleted (at most once per interval, by a process that stores one): a filter
+# with a moving bound (`created_after=<now>`) makes a new row with every count.
+SHARED_COUNT_KEPT_SECONDS = SHARED_COUNT_SERVED_LIFETIMES * COUNT_CACHE_MAX_SECONDS
 
 
 _now = time.monotonic  # the count cache's clock (tests move it)
@@ -138,6 +141,7 @@ class CertificateService:
         self._recounts: set[asyncio.Task[None]] = set()
         self._last_write_wall = 0.0  # no shared figure counted before this process's last write is taken
         self._small_counts: set[tuple[Any, ...]] = set()  # filters last counted below COUNT_CACHE_MIN
+        self._shared_purged_at = 0.0
         self._cursor_key: bytes | None = None
 
     # ---- reads ------------------------------------------------------------------------------
@@ -394,6 +398,9 @@ class CertificateService:
         try:
             async with self.ctx.db.transaction() as conn:
                 await repo.store_shared_count(conn, repo.count_key(flt), total, counted_wall)
+                if counted_wall - self._shared_purged_at >= SHARED_COUNT_KEPT_SECONDS:
+                    self._shared_purged_at = counted_wall
+                    await repo.purge_shared_counts(conn, counted_wall - SHARED_COUNT_KEPT_SECONDS)
         except Exception:  # the figure is still cached here; other processes count for themselves
             log.warning("storing a shared certificate total failed", exc_info=True)
 

@@ -340,6 +340,13 @@ async def store_shared_count(conn: AsyncConnection, key: str, total: int, counte
         where=_l.counted_at < stmt.excluded.counted_at))
 
 
+async def purge_shared_counts(conn: AsyncConnection, before: float) -> int:
+    """Forget shared totals counted before `before` (epoch seconds): filters nobody lists any more."""
+    _l = certificate_list_counts.c
+    result = await conn.execute(delete(certificate_list_counts).where(_l.counted_at < before))
+    return int(result.rowcount or 0)
+
+
 def _count_where(stmt: _Statement, flt: CertificateFilter, after: tuple[Any, Any] | None) -> str:
     where = _where(stmt, flt)
     if after is not None:  # as read back from the database, so bound as it is
