@@ -56,7 +56,8 @@ async def renewal_candidates(
     limit: int,
 ) -> list[Row]:
     """Certificates of one policy inside its renewal window (now < expires_at <= horizon), in a renewable
-    status, on an enabled issuer, with no open issuing job; oldest expiry first, after the keyset `after`."""
+    status, on an enabled issuer, with no open issuing job; oldest expiry first, after the keyset `after`
+    (ix_certs_policy_expires: the policy's own certificates only, in that order)."""
     stmt = (
         select(managed_certificates)
         .join(issuers, issuers.c.id == _mc.issuer_id)

@@ -213,7 +213,8 @@ Index("ix_certs_owner", _mc.owner_id, _mc.created_at, _mc.id)
 Index("ix_certs_team", _mc.team_id, _mc.created_at, _mc.id)
 Index("ix_certs_issuer", _mc.issuer_id, _mc.created_at, _mc.id)
 Index("ix_certs_profile", _mc.certificate_profile_id, _mc.created_at, _mc.id)
-Index("ix_certs_policy", _mc.renewal_policy_id)
+# The renewal scan: one policy's certificates inside its window, soonest expiry first (migration 0011).
+Index("ix_certs_policy_expires", _mc.renewal_policy_id, _mc.expires_at, _mc.id)
 
 certificate_versions = Table(
     "certificate_versions", metadata, _id(),
