@@ -32,13 +32,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common import PG_ADMIN_URL, pg_url  # noqa: E402
 from certctl.api.ratelimit import TokenBuckets  # noqa: E402
 from certctl.services.rate_limits import DatabaseStore, RateLimits, RedisStore, SharedStore  # noqa: E402
 from certctl.store import migrate  # noqa: E402
 from certctl.store.database import Database  # noqa: E402
 from certctl.store.rate_limits_repo import LeaseRequest, LeaseResult  # noqa: E402
 
-PG_ADMIN_URL = os.environ.get("CERTCTL_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("CERTCTL_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 BENCH_DB = "certctl_bench_rate_limit"
 
@@ -101,8 +101,7 @@ async def _prepare_database() -> str:
         await conn.execute(f'CREATE DATABASE "{BENCH_DB}"')
     finally:
         await conn.close()
-    base, sep, query = PG_ADMIN_URL.partition("?")
-    url = base.rsplit("/", 1)[0] + "/" + BENCH_DB + sep + query
+    url = pg_url(BENCH_DB)
     db = Database(url)
     await migrate.upgrade(db)
     await db.dispose()

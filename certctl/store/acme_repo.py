@@ -328,7 +328,7 @@ async def insert_account_audited(
     assert _is_pg(conn)
     # JSON columns go to the driver as text, as SQLAlchemy's serializer hands them over.
     args = [orjson.dumps(values[c]).decode() if c in ("jwk", "contact") else values[c] for c in _ACCOUNT_INSERT_COLUMNS]
-    args += [orjson.dumps(event[c]).decode() if c == "details" else event[c] for c in _AUDIT_COLUMNS]
+    args += _driver_args(audit_events, _AUDIT_COLUMNS, event)
     return bool(await _driver(conn, "fetchval", _PG_INSERT_ACCOUNT_AUDITED, *args))
 
 
@@ -450,7 +450,7 @@ async def insert_order_audited(
         [a["identifier_value"] for a in authzs], [a["wildcard"] for a in authzs],
         [c["id"] for c in challenges], [c["authz_id"] for c in challenges], [c["type"] for c in challenges],
         [c["token"] for c in challenges],
-        *(orjson.dumps(event[c]).decode() if c == "details" else event[c] for c in _AUDIT_COLUMNS),
+        *_driver_args(audit_events, _AUDIT_COLUMNS, event),
     ]
     return bool(await _driver(conn, "fetchval", _PG_INSERT_ORDER_AUDITED, *args))
 
@@ -685,13 +685,8 @@ async def record_single_outcome(
     """PostgreSQL, one statement, for a challenge whose order has exactly one authorization: the outcome as
     `record_outcome` writes it, only while the challenge is processing. Returns (the challenge as recorded, the
     order's new status or None), or (None, None) when the challenge was no longer processing."""
-    error = orjson.dumps(changes["error"]).decode() if changes["error"] is not None else None
-    record = orjson.dumps(changes["validation_record"]).decode() if changes["validation_record"] is not None \
-        else None
-    audit_args = [orjson.dumps(event[c]).decode() if c == "details" else event[c] for c in _AUDIT_COLUMNS]
-    found = await _driver(conn, "fetchrow", _PG_RECORD_SINGLE, challenge_id, changes["status"],
-                          changes["validated_at"], error, record, changes["updated_at"], authz_id, order_id,
-                          *audit_args)
+    found = await _driver(conn, "fetchrow", _PG_RECORD_SINGLE,
+                          *_outcome_args(challenge_id, authz_id, order_id, changes, event))
     if found is None:
         return None, None
     return {c.name: found[c.name] for c in acme_challenges.c}, found["_order_status"]
@@ -741,13 +736,17 @@ async def record_outcome(
     authorization is valid, invalid on a failure; only when pending) and the audit event, in one statement.
     Returns the order's new status, or None when it did not change."""
     raw = await driver_connection(conn)
-    error = orjson.dumps(changes["error"]).decode() if changes["error"] is not None else None
-    record = orjson.dumps(changes["validation_record"]).decode() if changes["validation_record"] is not None \
-        else None
-    audit_args = [orjson.dumps(event[c]).decode() if c == "details" else event[c] for c in _AUDIT_COLUMNS]
     return await driver_call(conn, raw.fetchval(  # type: ignore[no-any-return]
-        _PG_RECORD_OUTCOME, challenge_id, changes["status"], changes["validated_at"], error, record,
-        changes["updated_at"], locked["authz_id"], locked["order_id"], *audit_args))
+        _PG_RECORD_OUTCOME, *_outcome_args(challenge_id, locked["authz_id"], locked["order_id"], changes, event)))
+
+
+def _outcome_args(
+    challenge_id: str, authz_id: str, order_id: str, changes: Mapping[str, Any], event: Mapping[str, Any],
+) -> list[Any]:
+    """$1-$16 of _PG_RECORD_SINGLE and _PG_RECORD_OUTCOME."""
+    error, record = _driver_args(acme_challenges, ("error", "validation_record"), changes)
+    return [challenge_id, changes["status"], changes["validated_at"], error, record, changes["updated_at"],
+            authz_id, order_id, *_driver_args(audit_events, _AUDIT_COLUMNS, event)]
 
 
 @asynccontextmanager
