@@ -279,6 +279,10 @@ def test_postgresql_with_workers(tmp_path: Path, pg_database: str) -> None:
         key = printed_key(server.start())
         assert not (server.data_dir / "certctl.db").exists(), "PostgreSQL mode writes no SQLite file"
         assert (server.data_dir / "admin.key").stat().st_mode & 0o777 == 0o600
+        # /health answers once the first worker serves; on a loaded machine the second may still be starting.
+        deadline = time.monotonic() + 60
+        while server.err(1).read_text().count('"msg":"certctl ready"') < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
         for _ in range(6):  # spread over both workers
             status, body = server.status_and_json("/api/v1/auth/check", key=key)
             assert status == 200 and body["admin"] is True
